@@ -1,0 +1,1 @@
+"""The embedded local stack: Kafka-protocol broker launcher and the `eventpipe up` supervisor."""

@@ -1,0 +1,170 @@
+"""`eventpipe up`: the embedded stack in the foreground.
+
+Each component is a child process with a readiness check. Components start in order (broker,
+ClickHouse-compatible server, collector, consumer, Dagster) and stop in reverse order on Ctrl-C
+or SIGTERM. Every port is checked before anything starts, so a taken port refuses cleanly
+instead of leaving half a stack running.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from embedded.broker import EmbeddedBroker, ensure_topics, require_free_port, wait_for_tcp
+from eventpipe_core.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Component:
+    """A stack member: how to start it, how to know it is ready, where it listens."""
+
+    name: str
+    host: str
+    port: int
+    endpoint: str
+    start: Callable[[], None]
+    stop: Callable[[], None]
+    alive: Callable[[], bool]
+
+
+@dataclass
+class ChildProcess:
+    """A component run as ``python -m …`` / console command, with its output in a log file."""
+
+    name: str
+    cmd: list[str]
+    host: str
+    port: int
+    log_path: Path
+    env: dict[str, str] | None = None
+    ready: Callable[[], bool] | None = None
+    timeout: float = 60.0
+    proc: subprocess.Popen | None = field(default=None, init=False)
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        wait_for_tcp(self.host, self.port, self.timeout, self.proc)
+        if self.ready is not None:
+            deadline = time.monotonic() + self.timeout
+            while not self.ready():
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} did not become ready; see {self.log_path}")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def broker_component(settings: Settings, logs: Path) -> Component:
+    broker = EmbeddedBroker.from_settings(settings, log_path=logs / "broker.log")
+
+    def start() -> None:
+        broker.start()
+        ensure_topics(settings, broker.bootstrap)
+
+    return Component(
+        name="kafka broker (Tansu)",
+        host=broker.host,
+        port=broker.port,
+        endpoint=f"kafka://{broker.bootstrap}  topics {settings.kafka_events_topic}, {settings.kafka_dlq_topic}",
+        start=start,
+        stop=broker.stop,
+        alive=lambda: broker.proc is not None and broker.proc.poll() is None,
+    )
+
+
+def child_component(proc: ChildProcess, endpoint: str) -> Component:
+    return Component(proc.name, proc.host, proc.port, endpoint, proc.start, proc.stop, proc.alive)
+
+
+def eventpipe_command(*args: str) -> list[str]:
+    """Run a sub-command of this same installation (same interpreter, same venv)."""
+    return [sys.executable, "-m", "eventpipe_cli.main", *args]
+
+
+# Later components register here: name -> factory(settings, logs_dir) -> Component | None.
+COMPONENT_FACTORIES: list[Callable[[Settings, Path], Component | None]] = [broker_component]
+
+
+def is_local_url(url: str) -> bool:
+    return (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+class Stack:
+    """Start components in order, stop in reverse; refuse before starting if any port is taken."""
+
+    def __init__(self, settings: Settings, components: list[Component] | None = None):
+        self.settings = settings
+        self.logs = settings.eventpipe_home / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if components is None:
+            components = [c for f in COMPONENT_FACTORIES if (c := f(settings, self.logs)) is not None]
+        self.components = components
+        self.started: list[Component] = []
+
+    def check_ports(self) -> None:
+        for c in self.components:
+            require_free_port(c.host, c.port, c.name)
+
+    def start(self, echo: Callable[[str], None] = print) -> None:
+        self.check_ports()
+        try:
+            for c in self.components:
+                t0 = time.monotonic()
+                c.start()
+                self.started.append(c)
+                echo(f"  ready  {c.name:<28} {c.endpoint}  ({time.monotonic() - t0:.1f}s)")
+        except BaseException:
+            self.stop(echo)
+            raise
+
+    def stop(self, echo: Callable[[str], None] = print) -> None:
+        while self.started:
+            c = self.started.pop()
+            try:
+                c.stop()
+                echo(f"  stopped {c.name}")
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                echo(f"  error stopping {c.name}: {exc}")
+
+    def wait(self, echo: Callable[[str], None] = print) -> None:
+        """Block until Ctrl-C / SIGTERM, or until a component dies."""
+        stop_event = threading.Event()
+
+        def on_signal(signum: int, _frame: object) -> None:
+            stop_event.set()
+
+        previous = signal.signal(signal.SIGTERM, on_signal)
+        try:
+            while not stop_event.wait(1.0):
+                dead = [c.name for c in self.started if not c.alive()]
+                if dead:
+                    echo(f"  component exited unexpectedly: {', '.join(dead)} (see {self.logs})")
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,201 @@
+"""The one place eventpipe reads its environment.
+
+Every component (collector, consumer, Dagster code, chserver, CLI, tests) builds its
+configuration from :func:`get_settings`. Defaults describe the embedded stack on one
+machine; production deployments point the same variables at real services
+(see README "Configuration").
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or malformed; the message is one line naming the variable."""
+
+
+def _host_port_list(value: str, name: str) -> str:
+    parts = [p.strip() for p in value.split(",") if p.strip()]
+    if not parts:
+        raise ValueError(f"{name} must list at least one host:port")
+    for part in parts:
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{name}: {part!r} is not host:port")
+    return ",".join(parts)
+
+
+class Settings(BaseSettings):
+    """All eventpipe configuration. Field name == environment variable (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="", case_sensitive=False, extra="ignore")
+
+    # --- local state -------------------------------------------------------------------------
+    eventpipe_home: Path = Field(default=Path(".eventpipe"))
+
+    # --- Kafka -------------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_events_topic: str = "events"
+    kafka_dlq_topic: str = "events.dlq"
+    kafka_events_partitions: int = Field(default=4, ge=1, le=1024)
+    kafka_dlq_partitions: int = Field(default=1, ge=1, le=1024)
+    kafka_consumer_group: str = "lake-landing"
+    # Embedded Tansu broker storage: memory:// (default) or s3://bucket/ (survives restarts).
+    broker_storage_url: str = "memory://tansu/"
+
+    # --- lake --------------------------------------------------------------------------------
+    lake_url: str | None = None  # default: file://$EVENTPIPE_HOME/lake
+    aws_endpoint_url: str | None = None
+    aws_access_key_id: str | None = None
+    aws_secret_access_key: str | None = None
+    aws_region: str = "us-east-1"
+
+    # --- ClickHouse --------------------------------------------------------------------------
+    clickhouse_url: str = "http://default:@127.0.0.1:8123/analytics"
+    clickhouse_cluster: str | None = None
+    clickhouse_readonly_user: str = "reader"
+    clickhouse_readonly_password: str = "reader"
+    clickhouse_ttl_days: int = Field(default=90, ge=1)
+    chserver_data_dir: Path | None = None  # default: $EVENTPIPE_HOME/clickhouse
+
+    # --- metadata, Dagster -------------------------------------------------------------------
+    metadata_db_url: str | None = None  # default: sqlite:///$EVENTPIPE_HOME/metadata.db
+    dagster_home: Path | None = None  # default: $EVENTPIPE_HOME/dagster
+    dagster_port: int = Field(default=3000, ge=1, le=65535)
+
+    # --- collector ---------------------------------------------------------------------------
+    collector_host: str = "127.0.0.1"
+    collector_port: int = Field(default=8080, ge=1, le=65535)
+    collector_trusted_proxies: str = ""  # comma-separated IPs/CIDRs whose X-Forwarded-For is honoured
+
+    # --- enrichment / spark ------------------------------------------------------------------
+    geoip_db_path: Path | None = None
+    spark_master: str = "local[*]"
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, v: str) -> str:
+        return _host_port_list(v, "KAFKA_BOOTSTRAP_SERVERS")
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _check_clickhouse_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"CLICKHOUSE_URL must look like http://user:password@host:8123/database, got {v!r}")
+        try:
+            parts.port  # noqa: B018 - raises on a non-numeric port
+        except ValueError as exc:
+            raise ValueError(f"CLICKHOUSE_URL has a bad port: {v!r}") from exc
+        return v
+
+    @field_validator("lake_url")
+    @classmethod
+    def _check_lake_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme == "file":
+            if not parts.path:
+                raise ValueError(f"LAKE_URL file:// needs an absolute path, got {v!r}")
+        elif parts.scheme == "s3":
+            if not parts.netloc:
+                raise ValueError(f"LAKE_URL s3:// needs a bucket, got {v!r}")
+        else:
+            raise ValueError(f"LAKE_URL must start with file:// or s3://, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("aws_endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, v: str | None) -> str | None:
+        if v and urlsplit(v).scheme not in ("http", "https"):
+            raise ValueError(f"AWS_ENDPOINT_URL must be an http(s) URL, got {v!r}")
+        return v or None
+
+    @field_validator("metadata_db_url")
+    @classmethod
+    def _check_metadata(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        scheme = urlsplit(v).scheme.split("+")[0]
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(f"METADATA_DB_URL must be sqlite:///… or postgresql://…, got {v!r}")
+        return v
+
+    @field_validator("broker_storage_url")
+    @classmethod
+    def _check_broker_storage(cls, v: str) -> str:
+        if urlsplit(v).scheme not in ("memory", "s3"):
+            raise ValueError(f"BROKER_STORAGE_URL must be memory://… or s3://bucket/, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _fill_derived(self) -> Settings:
+        home = self.eventpipe_home.expanduser().absolute()
+        self.eventpipe_home = home
+        if self.lake_url is None:
+            self.lake_url = (home / "lake").as_uri()
+        if self.metadata_db_url is None:
+            self.metadata_db_url = f"sqlite:///{home / 'metadata.db'}"
+        if self.dagster_home is None:
+            self.dagster_home = home / "dagster"
+        if self.chserver_data_dir is None:
+            self.chserver_data_dir = home / "clickhouse"
+        return self
+
+    # --- derived views -----------------------------------------------------------------------
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return self.kafka_bootstrap_servers.split(",")
+
+    @property
+    def clickhouse(self) -> ClickHouseTarget:
+        return ClickHouseTarget.from_url(self.clickhouse_url)
+
+
+class ClickHouseTarget:
+    """CLICKHOUSE_URL split into what clients (clickhouse-connect, dbt profile) need."""
+
+    def __init__(self, host: str, port: int, user: str, password: str, database: str, secure: bool):
+        self.host, self.port, self.user, self.password = host, port, user, password
+        self.database, self.secure = database, secure
+
+    @classmethod
+    def from_url(cls, url: str) -> ClickHouseTarget:
+        p = urlsplit(url)
+        secure = p.scheme == "https"
+        return cls(
+            host=p.hostname or "127.0.0.1",
+            port=p.port or (8443 if secure else 8123),
+            user=unquote(p.username or "default"),
+            password=unquote(p.password or ""),
+            database=p.path.strip("/") or "default",
+            secure=secure,
+        )
+
+    @property
+    def http_url(self) -> str:
+        return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment (plus explicit overrides), one-line error on bad input."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(x) for x in first.get("loc", ())) or "settings"
+        msg = first.get("msg", "invalid value").removeprefix("Value error, ")
+        raise SettingsError(f"invalid configuration: {field.upper()}: {msg}") from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Process-wide settings (cached). Tests call ``get_settings.cache_clear()`` after changing env."""
+    return load_settings()
