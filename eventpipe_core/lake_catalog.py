@@ -1,0 +1,155 @@
+"""The landing commit log: what readers of the lake see.
+
+The ingest consumer writes data objects first, then one **commit record** per landed batch with a
+conditional create at ``raw/events/_commits/p=<kafka partition>/<seq>.json``. Record ``seq`` k+1
+starts at the Kafka offset where record k ended, so the per-partition log is a gap-free,
+overlap-free cover of the topic. Only objects named in commit records exist for readers; anything
+else under ``raw/events/`` is a leftover of a crashed or fenced attempt.
+
+This module is the read side (used by `eventpipe lake files`, the Dagster sensor and assets, Spark)
+plus the record type and key layout the writer uses.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+
+from eventpipe_core.lake_store import LakeStore
+
+RAW_PREFIX = "raw/events/"
+COMMITS_PREFIX = "raw/events/_commits/"
+ENRICHED_PREFIX = "enriched/events/"
+
+
+def commit_key(kafka_partition: int, seq: int) -> str:
+    return f"{COMMITS_PREFIX}p={kafka_partition:05d}/{seq:012d}.json"
+
+
+def hour_dir(prefix: str, event_date: str, event_hour: str) -> str:
+    return f"{prefix}event_date={event_date}/event_hour={event_hour}/"
+
+
+def hour_key(event_date: str, event_hour: str) -> str:
+    """Dagster hourly partition key for a lake hour: ``YYYY-MM-DD-HH:00``."""
+    return f"{event_date}-{event_hour}:00"
+
+
+@dataclass(frozen=True)
+class LandedObject:
+    key: str  # lake key of one Parquet object
+    event_date: str  # YYYY-MM-DD (UTC)
+    event_hour: str  # HH
+    rows: int
+    min_event_time_ms: int
+    max_event_time_ms: int
+
+    @property
+    def partition_key(self) -> str:
+        return hour_key(self.event_date, self.event_hour)
+
+
+@dataclass(frozen=True)
+class CommitRecord:
+    """One landed batch: Kafka range [start_offset, end_offset) of one partition -> objects."""
+
+    topic: str
+    kafka_partition: int
+    seq: int
+    start_offset: int
+    end_offset: int  # exclusive; == next record's start_offset
+    objects: tuple[LandedObject, ...]
+    committed_at_ms: int
+    writer_id: str
+    records: int = 0  # Kafka records consumed (rows landed + dead-lettered)
+    dead_lettered: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return commit_key(self.kafka_partition, self.seq)
+
+    @property
+    def rows(self) -> int:
+        return sum(o.rows for o in self.objects)
+
+    @property
+    def rows_per_hour(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for o in self.objects:
+            out[o.partition_key] = out.get(o.partition_key, 0) + o.rows
+        return out
+
+    @property
+    def min_event_time_ms(self) -> int | None:
+        return min((o.min_event_time_ms for o in self.objects), default=None)
+
+    @property
+    def max_event_time_ms(self) -> int | None:
+        return max((o.max_event_time_ms for o in self.objects), default=None)
+
+    def to_json(self) -> bytes:
+        body = asdict(self)
+        body["rows_per_hour"] = self.rows_per_hour
+        body["min_event_time_ms"] = self.min_event_time_ms
+        body["max_event_time_ms"] = self.max_event_time_ms
+        return json.dumps(body, sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> CommitRecord:
+        body = json.loads(data)
+        objects = tuple(LandedObject(**o) for o in body.pop("objects"))
+        for derived in ("rows_per_hour", "min_event_time_ms", "max_event_time_ms"):
+            body.pop(derived, None)
+        return cls(objects=objects, **body)
+
+
+def _seq_of(key: str) -> int:
+    return int(key.rsplit("/", 1)[1].removesuffix(".json"))
+
+
+def _partition_of(key: str) -> int:
+    return int(key[len(COMMITS_PREFIX):].split("/", 1)[0].removeprefix("p="))
+
+
+def commit_keys(lake: LakeStore) -> dict[int, list[str]]:
+    """Commit-record keys per Kafka partition, in sequence order."""
+    out: dict[int, list[str]] = {}
+    for key in lake.list(COMMITS_PREFIX):
+        if key.endswith(".json"):
+            out.setdefault(_partition_of(key), []).append(key)
+    for keys in out.values():
+        keys.sort(key=_seq_of)
+    return out
+
+
+def iter_commit_records(lake: LakeStore, after: dict[int, int] | None = None) -> Iterator[CommitRecord]:
+    """Every commit record, per partition in sequence order; ``after`` = {partition: last seen seq}."""
+    after = after or {}
+    for partition, keys in sorted(commit_keys(lake).items()):
+        floor = after.get(partition, -1)
+        for key in keys:
+            if _seq_of(key) > floor:
+                yield CommitRecord.from_json(lake.get(key))
+
+
+def last_commit(lake: LakeStore, kafka_partition: int) -> CommitRecord | None:
+    keys = commit_keys(lake).get(kafka_partition)
+    return CommitRecord.from_json(lake.get(keys[-1])) if keys else None
+
+
+def committed_objects(
+    lake: LakeStore, event_date: str | None = None, event_hour: str | None = None,
+    records: Iterable[CommitRecord] | None = None,
+) -> list[LandedObject]:
+    """The landed objects readers may read, optionally for one day / hour, in a stable order."""
+    found: list[LandedObject] = []
+    for record in records if records is not None else iter_commit_records(lake):
+        for obj in record.objects:
+            if event_date is not None and obj.event_date != event_date:
+                continue
+            if event_hour is not None and obj.event_hour != event_hour:
+                continue
+            found.append(obj)
+    return sorted(found, key=lambda o: o.key)
