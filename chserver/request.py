@@ -1,0 +1,76 @@
+"""ClickHouse's HTTP request conventions: which URL parameters are protocol, which are settings.
+
+Every URL parameter that is not part of the HTTP protocol itself is a ClickHouse setting for that
+request only; ``param_<name>`` parameters bind ``{name:Type}`` placeholders.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from chserver.auth import User
+from chserver.engine import QueryRequest
+from chserver.errors import BAD_ARGUMENTS, NOT_IMPLEMENTED, ClickHouseError
+
+# URL parameters handled by the HTTP layer (ClickHouse's HTTPHandler and clickhouse-connect's transport set).
+PROTOCOL_PARAMS = frozenset(
+    {
+        "query", "database", "default_format", "query_id", "session_id", "session_timeout", "session_check",
+        "user", "password", "quota_key", "buffer_size", "wait_end_of_query", "compress", "decompress",
+        "enable_http_compression", "http_zlib_compression_level", "send_progress_in_http_headers",
+        "http_headers_progress_interval_ms", "client_protocol_version", "role", "add_http_cors_header",
+        "http_native_compression_disable_checksumming_on_decompress", "http_response_buffer_size",
+        "cancel_http_readonly_queries_on_client_close", "http_wait_end_of_query", "stacktrace", "readonly",
+        "http_write_exception_in_output_format",
+    }
+)  # fmt: skip
+
+_SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TRUE = ("1", "true")
+
+
+def build_query_request(
+    method: str, params: Mapping[str, str], body: bytes, user: User
+) -> QueryRequest:
+    """Map one HTTP request onto a :class:`QueryRequest` (``body`` already decompressed)."""
+    if params.get("compress", "0") in _TRUE:
+        raise ClickHouseError(NOT_IMPLEMENTED, "compress=1 (native block compression) is not supported; use HTTP compression")
+    if params.get("decompress", "0") in _TRUE:
+        raise ClickHouseError(NOT_IMPLEMENTED, "decompress=1 (native block compression) is not supported; use Content-Encoding")
+    query = params.get("query")
+    if query and body:
+        raw = query.encode() + b"\n" + body
+    elif query:
+        raw = query.encode()
+    else:
+        raw = body
+
+    settings: dict[str, str] = {}
+    bind: dict[str, str] = {}
+    for key, value in params.items():
+        if key.startswith("param_"):
+            bind[key[6:]] = value
+        elif key not in PROTOCOL_PARAMS:
+            if not _SETTING_NAME.match(key):
+                raise ClickHouseError(BAD_ARGUMENTS, f"Invalid setting name in the URL: {key!r}")
+            settings[key] = value
+
+    # GET requests and the read-only user can only read (readonly=2, as in ClickHouse); a client may
+    # ask for the stricter readonly=1 but never relax it.
+    readonly = 0
+    requested = params.get("readonly", "0").strip()
+    if requested not in ("", "0"):
+        readonly = 1 if requested == "1" else 2
+    if (method == "GET" or user.readonly) and readonly == 0:
+        readonly = 2
+    return QueryRequest(
+        raw=raw,
+        user=user.name,
+        database=params.get("database") or None,
+        default_format=params.get("default_format") or None,
+        settings=settings,
+        params=bind,
+        readonly=readonly,
+        restricted_functions=user.readonly,
+    )
