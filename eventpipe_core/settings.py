@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     collector_host: str = "127.0.0.1"
     collector_port: int = Field(default=8080, ge=1, le=65535)
     collector_trusted_proxies: str = ""  # comma-separated IPs/CIDRs whose X-Forwarded-For is honoured
+    collector_workers: int = Field(default=1, ge=1, le=64)
+    collector_v2_eps: float = Field(default=30, gt=0)  # events/s per device and per user on /2/httpapi and /track
+    collector_batch_eps: float = Field(default=1000, gt=0)  # events/s per device and per user on /batch
+    collector_eps_window_s: float = Field(default=10.0, gt=0)  # rates are averaged over this window (bucket depth)
+    collector_key_rps: float = Field(default=100, gt=0)  # requests/s per API key (same window)
+    collector_produce_timeout_s: float = Field(default=15.0, ge=1)  # Kafka ack deadline before answering 503
+    collector_metadata_ttl_s: float = Field(default=5.0, ge=0)  # cache of API keys and tracking plans
+    collector_max_future_s: int = Field(default=86_400, ge=0)  # event `time` may be at most this far ahead
 
     # --- enrichment / spark ------------------------------------------------------------------
     geoip_db_path: Path | None = None
