@@ -3,7 +3,8 @@
 * ``kafka_broker`` — the embedded Tansu broker (memory storage) with topics created;
 * ``s3_server`` — moto's S3 server (real S3 HTTP protocol, in memory) with a bucket;
 * ``service_env`` — the environment variables pointing every component at those services;
-* ``settings`` — the matching :class:`Settings` object.
+* ``settings`` — the matching :class:`Settings` object;
+* ``chserver`` — the ClickHouse-compatible server (``eventpipe chserver``) on a free port and temp data dir.
 
 Later components add their servers here (ClickHouse-compatible server, collector, …).
 """
@@ -18,6 +19,7 @@ import pytest
 
 from embedded.broker import EmbeddedBroker, ensure_topics, free_port
 from eventpipe_core.settings import Settings, load_settings
+from tests.chserver_support import ChServer, start_chserver
 
 AWS_TEST_KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "aws_region": "us-east-1"}
 
@@ -59,7 +61,15 @@ def s3_bucket(s3_server: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def service_env(session_home: Path, kafka_broker: EmbeddedBroker, s3_server: str) -> dict[str, str]:
+def chserver(session_home: Path) -> Iterator[ChServer]:
+    """`eventpipe chserver` as a subprocess: ``.url``, ``.host``, ``.port``, ``.clickhouse_url``."""
+    server = start_chserver(session_home / "clickhouse", log_path=session_home / "chserver.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def service_env(session_home: Path, kafka_broker: EmbeddedBroker, s3_server: str, chserver: ChServer) -> dict[str, str]:
     """Environment for child processes (e.g. `eventpipe …` CLIs) talking to the session services."""
     return {
         "EVENTPIPE_HOME": str(session_home),
@@ -68,6 +78,7 @@ def service_env(session_home: Path, kafka_broker: EmbeddedBroker, s3_server: str
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_REGION": "us-east-1",
+        "CLICKHOUSE_URL": chserver.clickhouse_url,
     }
 
 
