@@ -86,6 +86,19 @@ class Settings(BaseSettings):
     geoip_db_path: Path | None = None
     spark_master: str = "local[*]"
 
+    # --- orchestration (Dagster assets, sensors, SLAs) ---------------------------------------
+    dagster_partitions_start: str = "2024-01-01"  # first hourly/daily partition (UTC date)
+    session_timeout_minutes: int = Field(default=30, ge=1)  # inactivity gap that starts a new session
+    bot_max_events_per_minute: int = Field(default=100, ge=1)  # per-device rate above which a device is a bot
+    landing_sensor_interval_seconds: int = Field(default=30, ge=5)
+    late_data_lookback_days: int = Field(default=14, ge=1)  # how far back automation re-materializes changed hours
+    catchup_cron: str = "30 1 * * *"  # daily catch-up schedule (UTC)
+    events_freshness_fail_minutes: int = Field(default=120, ge=1)  # clickhouse_events SLA
+    events_freshness_warn_minutes: int = Field(default=75, ge=1)
+    marts_freshness_fail_hours: int = Field(default=26, ge=1)  # daily marts SLA
+    marts_freshness_warn_hours: int = Field(default=25, ge=1)
+    backfill_max_partitions_per_run: int = Field(default=24, ge=1)  # hours per backfill run
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _check_bootstrap(cls, v: str) -> str:

@@ -1,0 +1,69 @@
+"""Test helpers for the orchestration tests: raw rows and landed batches in the lake_catalog format."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from eventpipe_core.event_model import RAW_EVENT_SCHEMA, hour_partition
+from eventpipe_core.lake_catalog import RAW_PREFIX, CommitRecord, LandedObject, hour_dir
+from eventpipe_core.lake_store import LakeStore
+
+CHROME_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
+GOOGLEBOT_UA = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
+LONDON_IP = "81.2.69.160"
+
+
+def raw_row(insert_id: str, t: datetime, *, offset: int = 0, **fields: Any) -> dict[str, Any]:
+    """One landed row (RAW_EVENT_SCHEMA) with sensible defaults."""
+    row: dict[str, Any] = dict.fromkeys(RAW_EVENT_SCHEMA.names)
+    row.update(
+        insert_id=insert_id, event_type="page_view", event_time=t, project="demo", received_at=t,
+        device_id="device-aaaa", kafka_partition=0, kafka_offset=offset, user_agent=CHROME_UA,
+    )
+    row.update(fields)
+    return row
+
+
+def write_geoip_db(path: Path) -> Path:
+    """A tiny MaxMind City database built with mmdb-writer: 81.2.69.0/24 = London."""
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    writer = MMDBWriter(ip_version=4, database_type="GeoIP2-City")
+    writer.insert_network(
+        IPSet(["81.2.69.0/24"]),
+        {"country": {"names": {"en": "United Kingdom"}}, "subdivisions": [{"names": {"en": "England"}}],
+         "city": {"names": {"en": "London"}}, "location": {"metro_code": 826}},
+    )
+    writer.to_db_file(str(path))
+    return path
+
+
+def land_batch(lake: LakeStore, rows: list[dict[str, Any]], *, kafka_partition: int, seq: int, start_offset: int,
+               committed_at: datetime | None = None) -> CommitRecord:
+    """Write rows as the landing consumer does: one Parquet object per event hour, then the commit record."""
+    by_hour: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for i, row in enumerate(rows):
+        row = {**row, "kafka_partition": kafka_partition, "kafka_offset": start_offset + i}
+        by_hour.setdefault(hour_partition(row["event_time"]), []).append(row)
+    objects = []
+    for (date, hour), hour_rows in sorted(by_hour.items()):
+        key = f"{hour_dir(RAW_PREFIX, date, hour)}p{kafka_partition:05d}-{start_offset:012d}.parquet"
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(hour_rows, schema=RAW_EVENT_SCHEMA), sink, compression="zstd")
+        lake.put(key, sink.getvalue())
+        times = [int(r["event_time"].timestamp() * 1000) for r in hour_rows]
+        objects.append(LandedObject(key, date, hour, len(hour_rows), min(times), max(times)))
+    record = CommitRecord(
+        topic="events", kafka_partition=kafka_partition, seq=seq, start_offset=start_offset,
+        end_offset=start_offset + len(rows), objects=tuple(objects),
+        committed_at_ms=int((committed_at or datetime.now(UTC)).timestamp() * 1000), writer_id="test", records=len(rows),
+    )
+    assert lake.put_if_absent(record.key, record.to_json())
+    return record
