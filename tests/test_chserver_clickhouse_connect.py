@@ -90,7 +90,8 @@ def test_query_arrow_and_df(ch: Client, table: str) -> None:
 
 def test_server_side_parameters(ch: Client, table: str) -> None:
     ch.insert(table, rows(20), column_names=COLUMNS)
-    got = ch.query(f"SELECT count() FROM {table} WHERE id >= {{lo:UInt64}} AND name != {{skip:String}}", parameters={"lo": 5, "skip": "n7"})
+    sql = f"SELECT count() FROM {table} WHERE id >= {{lo:UInt64}} AND name != {{skip:String}}"
+    got = ch.query(sql, parameters={"lo": 5, "skip": "n7"})
     assert got.result_rows == [(14,)]
 
 
