@@ -124,6 +124,18 @@ def commit_keys(lake: LakeStore) -> dict[int, list[str]]:
     return out
 
 
+def partition_commit_keys(lake: LakeStore, kafka_partition: int) -> list[str]:
+    """Commit-record keys of one Kafka partition in sequence order (lists only that partition's prefix)."""
+    prefix = commit_key(kafka_partition, 0).rsplit("/", 1)[0] + "/"
+    return sorted((k for k in lake.list(prefix) if k.endswith(".json")), key=_seq_of)
+
+
+def last_partition_commit(lake: LakeStore, kafka_partition: int) -> CommitRecord | None:
+    """Like :func:`last_commit` but lists only the one partition's records (what a writer resumes from)."""
+    keys = partition_commit_keys(lake, kafka_partition)
+    return CommitRecord.from_json(lake.get(keys[-1])) if keys else None
+
+
 def iter_commit_records(lake: LakeStore, after: dict[int, int] | None = None) -> Iterator[CommitRecord]:
     """Every commit record, per partition in sequence order; ``after`` = {partition: last seen seq}."""
     after = after or {}

@@ -82,6 +82,19 @@ class Settings(BaseSettings):
     collector_metadata_ttl_s: float = Field(default=5.0, ge=0)  # cache of API keys and tracking plans
     collector_max_future_s: int = Field(default=86_400, ge=0)  # event `time` may be at most this far ahead
 
+    # --- ingest consumer (Kafka -> lake landing) ------------------------------------------------
+    consumer_flush_records: int = Field(default=100_000, ge=1)  # per Kafka partition batch
+    consumer_flush_bytes: int = Field(default=64 * 1024 * 1024, ge=1)  # raw record bytes per batch
+    consumer_flush_age_s: float = Field(default=30.0, gt=0)  # max age of an open batch
+    consumer_max_poll_records: int = Field(default=5000, ge=1)
+    consumer_metrics_port: int = Field(default=9108, ge=0, le=65535)  # 0 = no Prometheus endpoint
+    consumer_log_interval_s: float = Field(default=30.0, gt=0)
+    consumer_orphan_grace_s: float = Field(default=3600.0, ge=0)  # uncommitted objects older than this are deleted
+    consumer_cleanup_interval_s: float = Field(default=600.0, gt=0)
+    consumer_retry_max_backoff_s: float = Field(default=10.0, gt=0)
+    # Comma-separated partitions to assign() instead of joining the group (tests, manual recovery).
+    consumer_assign_partitions: str | None = None
+
     # --- enrichment / spark ------------------------------------------------------------------
     geoip_db_path: Path | None = None
     spark_master: str = "local[*]"

@@ -1,0 +1,394 @@
+"""The landing loop: poll, buffer per partition, flush (DLQ -> objects -> conditional commit record).
+
+The protocol and why it is exactly-once is in the package docstring; this module is its loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from eventpipe_core.kafka_clients import consumer_config
+from eventpipe_core.lake_catalog import CommitRecord, LandedObject
+from eventpipe_core.lake_store import LakeStore, open_lake
+from eventpipe_core.settings import Settings
+from ingest_consumer.cleanup import delete_orphans
+from ingest_consumer.commit_log import PartitionLog
+from ingest_consumer.dlq import DeadLetter, DlqWriter, reason_class
+from ingest_consumer.metrics import LandingMetrics
+from ingest_consumer.partitioner import new_attempt_id, object_key
+from ingest_consumer.writer import BufferedRecord, decode_records, event_time_range_ms, to_parquet
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+POLL_TIMEOUT_S = 0.5
+SHUTDOWN_FLUSH_S = 15.0  # SIGTERM: time left to flush before giving up (the stack kills after 20 s)
+
+
+class FlushAborted(Exception):
+    """Shutting down while the lake or DLQ kept failing: the batch stays uncommitted (re-read later)."""
+
+
+@dataclass
+class PartitionState:
+    """One assigned partition: its lake log, the next expected offset and the open batch."""
+
+    log: PartitionLog
+    expected: int | None  # next offset to take; None = whatever comes first (nothing committed yet)
+    buffer: list[BufferedRecord] = field(default_factory=list)
+    bytes: int = 0
+    opened_at: float = 0.0
+
+    def add(self, record: BufferedRecord) -> None:
+        if not self.buffer:
+            self.opened_at = time.monotonic()
+        self.buffer.append(record)
+        self.bytes += len(record.value or b"") + len(record.key or b"")
+        self.expected = record.offset + 1
+
+    def reset(self, expected: int | None) -> None:
+        self.buffer, self.bytes, self.expected = [], 0, expected
+
+
+def parse_partitions(value: str | None) -> list[int] | None:
+    if not value:
+        return None
+    try:
+        return sorted({int(p) for p in value.split(",") if p.strip()})
+    except ValueError:
+        raise ValueError(f"CONSUMER_ASSIGN_PARTITIONS must be comma-separated integers, got {value!r}") from None
+
+
+class LandingConsumer:
+    """One member of the landing group (or a manually assigned instance)."""
+
+    def __init__(self, settings: Settings, lake: LakeStore | None = None, metrics: LandingMetrics | None = None,
+                 writer_id: str | None = None):
+        self.settings = settings
+        self.topic = settings.kafka_events_topic
+        self.lake = lake or open_lake(settings)
+        self.metrics = metrics or LandingMetrics()
+        self.writer_id = writer_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stop_event = threading.Event()
+        self.parts: dict[int, PartitionState] = {}
+        self.pending: set[int] = set()  # assigned, lake position not read yet
+        self.consumer: Any = None
+        self.dlq: DlqWriter | None = None
+        self._stop_deadline: float | None = None
+        self._last_log = time.monotonic()
+        self._last_cleanup = 0.0
+        self._window_records = 0
+        self.stats: collections.Counter[str] = collections.Counter()
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to flush, commit and leave (safe from a signal handler)."""
+        self.stop_event.set()
+
+    def _connect(self) -> None:
+        from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+
+        s = self.settings
+        cfg = consumer_config(s, max_poll_records=s.consumer_max_poll_records, client_id=f"eventpipe-landing-{self.writer_id}")
+        self.consumer = KafkaConsumer(**cfg)
+        self.dlq = DlqWriter(s, self.writer_id)
+        manual = parse_partitions(s.consumer_assign_partitions)
+        if manual is not None:
+            tps = [TopicPartition(self.topic, p) for p in manual]
+            self.consumer.assign(tps)
+            self._assigned(tps)
+            log.info("manually assigned %s partitions %s (no group coordination)", self.topic, manual)
+        else:
+            outer = self
+
+            class Listener(ConsumerRebalanceListener):
+                def on_partitions_revoked(self, revoked: Any) -> None:
+                    outer._revoked(revoked)
+
+                def on_partitions_assigned(self, assigned: Any) -> None:
+                    outer._assigned(assigned)
+
+            self.consumer.subscribe([self.topic], listener=Listener())
+            log.info("joining group %s on topic %s as %s", s.kafka_consumer_group, self.topic, self.writer_id)
+
+    def _revoked(self, revoked: Any) -> None:
+        for tp in revoked:
+            state = self.parts.pop(tp.partition, None)
+            self.pending.discard(tp.partition)
+            if state is not None and state.buffer:
+                self.metrics.batches_discarded.inc()
+                log.info("partition %d revoked: discarded %d buffered records (not committed)", tp.partition, len(state.buffer))
+        self.metrics.assigned.set(len(self.parts) + len(self.pending))
+
+    def _assigned(self, assigned: Any) -> None:
+        # Only note them here: kafka-python swallows exceptions raised in listeners, and reading the
+        # lake may fail. The loop reads each partition's lake position (with retries) and seeks.
+        for tp in assigned:
+            if tp.partition not in self.parts:
+                self.pending.add(tp.partition)
+                self.consumer.pause(tp)
+        log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+        self.metrics.assigned.set(len(self.parts) + len(self.pending))
+
+    def _init_pending(self) -> None:
+        from kafka import TopicPartition
+
+        for p in sorted(self.pending):
+            tp = TopicPartition(self.topic, p)
+            plog = self._retry(lambda p=p: PartitionLog.load(self.lake, self.topic, p), "read_log")
+            if p not in self.pending:  # revoked meanwhile
+                continue
+            self.pending.discard(p)
+            self.parts[p] = PartitionState(plog, plog.end_offset)
+            if plog.end_offset is None:
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek(tp, plog.end_offset)
+            self.consumer.resume(tp)
+            log.info("partition %d resumes at lake offset %s (seq %d)", p, plog.end_offset, plog.next_seq)
+
+    # --- main loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run until :meth:`stop`; then flush open batches, commit and leave the group."""
+        self._cleanup(force=True)
+        self._connect()
+        self.metrics.ready.set(1)
+        try:
+            while not self.stop_event.is_set():
+                self._init_pending()
+                self._poll_once()
+                self._flush_due()
+                self._periodic()
+            self._stop_deadline = time.monotonic() + SHUTDOWN_FLUSH_S
+            for state in list(self.parts.values()):
+                if state.buffer:
+                    self._flush(state)
+        except FlushAborted as exc:
+            log.warning("shutdown without committing the open batches: %s", exc)
+        finally:
+            self.metrics.ready.set(0)
+            self._close()
+
+    def _close(self) -> None:
+        if self.dlq is not None:
+            try:
+                self.dlq.close()
+            except Exception as exc:  # noqa: BLE001 - closing anyway
+                log.debug("closing DLQ producer: %s", exc)
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)  # leaves the group
+        log.info("consumer closed")
+
+    def _poll_once(self) -> None:
+        from kafka.errors import KafkaError
+
+        timeout = POLL_TIMEOUT_S
+        ages = [s.opened_at for s in self.parts.values() if s.buffer]
+        if ages:
+            timeout = max(0.0, min(timeout, min(ages) + self.settings.consumer_flush_age_s - time.monotonic()))
+        try:
+            batch = self.consumer.poll(timeout_ms=int(timeout * 1000))
+        except KafkaError as exc:  # broker loss: kafka-python reconnects; we back off and poll again
+            log.warning("poll failed (%s); retrying", exc)
+            self.stop_event.wait(1.0)
+            return
+        for tp, records in batch.items():
+            self._take(tp, records)
+
+    def _take(self, tp: Any, records: list[Any]) -> None:
+        state = self.parts.get(tp.partition)
+        if state is None:
+            return  # revoked or not yet positioned: the seek after init re-fetches
+        s = self.settings
+        for r in records:
+            if state.expected is not None and r.offset < state.expected:
+                continue  # already landed (or re-delivered after a seek)
+            if state.expected is not None and r.offset > state.expected:
+                log.warning("partition %d: offsets %d..%d absent in Kafka (retention/compaction); the batch covers them",
+                            tp.partition, state.expected, r.offset - 1)
+            state.add(BufferedRecord(r.offset, r.key, r.value, r.timestamp))
+            self.metrics.records_consumed.inc()
+            self._window_records += 1
+            if len(state.buffer) >= s.consumer_flush_records or state.bytes >= s.consumer_flush_bytes:
+                if not self._flush(state):
+                    return  # lost to another writer: we seeked; the rest of this poll is stale
+
+    def _flush_due(self) -> None:
+        now = time.monotonic()
+        for state in list(self.parts.values()):
+            if state.buffer and now - state.opened_at >= self.settings.consumer_flush_age_s:
+                self._flush(state)
+
+    # --- flushing ----------------------------------------------------------------------------
+    def _backoff(self, op: str, exc: Exception, delay: float) -> float:
+        """Sleep before retrying ``op``; raise FlushAborted once a shutdown deadline would pass."""
+        self.metrics.lake_retries.labels(op).inc()
+        if self._stop_deadline is not None and time.monotonic() + delay > self._stop_deadline:
+            raise FlushAborted(f"{op}: {exc}") from exc
+        log.warning("%s failed (%s: %s); retrying in %.1fs", op, type(exc).__name__, exc, delay)
+        time.sleep(delay)
+        return min(delay * 2, self.settings.consumer_retry_max_backoff_s)
+
+    def _retry(self, fn: Callable[[], T], op: str) -> T:
+        """Retry with exponential backoff until it works: lake/DLQ failures are never committed past."""
+        delay = 0.2
+        while True:
+            try:
+                return fn()
+            except FlushAborted:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every lake/DLQ failure is retried
+                delay = self._backoff(op, exc, delay)
+
+    def _flush(self, state: PartitionState) -> bool:
+        """Land the open batch of one partition. True if committed, False if another writer won its seq."""
+        plog, records = state.log, state.buffer
+        p = plog.kafka_partition
+        start = plog.end_offset if plog.end_offset is not None else records[0].offset
+        end = records[-1].offset + 1
+        decoded = decode_records(records, p)
+        letters = [DeadLetter(self.topic, p, rj.record.offset, rj.record.key, rj.record.value, rj.reason, rj.record.timestamp_ms)
+                   for rj in decoded.rejected]
+        if letters:
+            assert self.dlq is not None
+            self._retry(lambda: self.dlq.send_all(letters), "dlq_produce")
+
+        tables = {hour_id: hour.table() for hour_id, hour in sorted(decoded.hours.items())}
+        payloads = {hour_id: to_parquet(t) for hour_id, t in tables.items()}
+        rewrite_after_ms = self.settings.consumer_orphan_grace_s * 1000 / 2
+        attempt, objects = "", ()
+        uncertain: CommitRecord | None = None  # a record whose create raised
+        delay = 0.2
+        while True:
+            if uncertain is not None:  # was it stored anyway?
+                outcome = self._retry(lambda r=uncertain: plog.resolve(r), "read_log")
+                if outcome is not None:
+                    won, record = outcome, uncertain
+                    break
+                uncertain = None
+            if not attempt or time.time() * 1000 - int(attempt.split("-", 1)[0]) > rewrite_after_ms:
+                # Fresh attempt id: objects older than half the grace period might be taken for
+                # orphans by a concurrent cleanup. The old ones are left to cleanup.
+                attempt = new_attempt_id()
+                objects = self._write_objects(p, start, end, attempt, tables, payloads)
+            record = CommitRecord(
+                topic=self.topic, kafka_partition=p, seq=plog.next_seq, start_offset=start, end_offset=end,
+                objects=objects, committed_at_ms=int(time.time() * 1000), writer_id=self.writer_id,
+                records=len(records), dead_lettered=len(letters),
+                extra={"attempt": attempt, "dead_lettered_offsets": [d.offset for d in letters]},
+            )
+            try:
+                won = plog.try_commit(record)
+                break
+            except Exception as exc:  # noqa: BLE001 - retried; the next round first resolves the ambiguity
+                uncertain = record
+                delay = self._backoff("commit", exc, delay)
+
+        if won:
+            state.reset(end)
+            m = self.metrics
+            m.batches_committed.inc()
+            m.rows_landed.inc(record.rows)
+            m.bytes_landed.inc(sum(len(b) for b in payloads.values()))
+            for d in letters:
+                m.dead_lettered.labels(reason_class(d.reason)).inc()
+            m.last_commit.set_to_current_time()
+            self.stats["rows"] += record.rows
+            self.stats["dead_letters"] += len(letters)
+            self.stats["batches"] += 1
+            self._hint(p, end, record.seq)
+            log.debug("partition %d seq %d committed [%d, %d): %d rows in %d objects, %d dead letters",
+                      p, record.seq, start, end, record.rows, len(objects), len(letters))
+            return True
+
+        self.metrics.commit_conflicts.inc()
+        self.stats["conflicts"] += 1
+        self._delete_objects(objects)
+        self._retry(plog.refresh, "read_log")
+        log.warning("partition %d: seq %d was committed by another writer; dropped [%d, %d) and resume at %s",
+                    p, record.seq, start, end, plog.end_offset)
+        self._seek(state, plog.end_offset)
+        return False
+
+    def _write_objects(
+        self, p: int, start: int, end: int, attempt: str, tables: dict, payloads: dict
+    ) -> tuple[LandedObject, ...]:
+        out = []
+        for (date, hour), table in tables.items():
+            key = object_key(date, hour, p, start, end, attempt)
+            self._retry(lambda key=key, data=payloads[(date, hour)]: self.lake.put(key, data), "lake_put")
+            lo, hi = event_time_range_ms(table)
+            out.append(LandedObject(key, date, hour, table.num_rows, lo, hi))
+        return tuple(out)
+
+    def _delete_objects(self, objects: tuple[LandedObject, ...]) -> None:
+        for obj in objects:
+            try:
+                self.lake.delete(obj.key)
+            except Exception as exc:  # noqa: BLE001 - an uncommitted object left behind is cleanup's job
+                log.info("could not delete uncommitted %s (%s); cleanup will", obj.key, exc)
+
+    def _seek(self, state: PartitionState, offset: int | None) -> None:
+        from kafka import TopicPartition
+
+        tp = TopicPartition(self.topic, state.log.kafka_partition)
+        state.reset(offset)
+        if offset is None:
+            self.consumer.seek_to_beginning(tp)
+        else:
+            self.consumer.seek(tp, offset)
+
+    def _hint(self, p: int, end: int, seq: int) -> None:
+        """Kafka offset commit = a hint for lag tools; correctness never reads it."""
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        try:
+            self.consumer.commit({TopicPartition(self.topic, p): OffsetAndMetadata(end, f"lake seq {seq}", -1)}, timeout_ms=5000)
+        except Exception as exc:  # noqa: BLE001 - e.g. rebalance in progress; the lake already has it
+            log.debug("offset hint for partition %d not committed: %s", p, exc)
+
+    # --- housekeeping ------------------------------------------------------------------------
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= self.settings.consumer_log_interval_s:
+            self._log_status(now - self._last_log)
+            self._last_log = now
+        self._cleanup()
+
+    def _log_status(self, elapsed: float) -> None:
+        from kafka import TopicPartition
+
+        lags: dict[int, int] = {}
+        for p, state in sorted(self.parts.items()):
+            hw = self.consumer.highwater(TopicPartition(self.topic, p))
+            if hw is not None and state.expected is not None:
+                lags[p] = max(0, hw - state.expected)
+                self.metrics.lag.labels(str(p)).set(lags[p])
+        open_batches = sum(1 for s in self.parts.values() if s.buffer)
+        self.metrics.open_batches.set(open_batches)
+        log.info("landing: %.0f records/s, lag per partition %s, open batches %d, assigned %s, committed batches %d "
+                 "(%d rows, %d dead letters), commit conflicts %d",
+                 self._window_records / max(elapsed, 1e-9), lags, open_batches, sorted(self.parts),
+                 self.stats["batches"], self.stats["rows"], self.stats["dead_letters"], self.stats["conflicts"])
+        self._window_records = 0
+
+    def _cleanup(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_cleanup < self.settings.consumer_cleanup_interval_s:
+            return
+        self._last_cleanup = now
+        try:
+            delete_orphans(self.lake, self.settings.consumer_orphan_grace_s)
+        except Exception as exc:  # noqa: BLE001 - cleanup is best effort; next round retries
+            log.warning("cleanup failed: %s", exc)
+
