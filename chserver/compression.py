@@ -24,6 +24,19 @@ def _zlib_decompress(data: bytes, wbits: int) -> bytes:
     return out
 
 
+def _zstd_decompress(data: bytes) -> bytes:
+    """All frames of a zstd stream; a truncated last frame is an error (stream readers hide it)."""
+    parts: list[bytes] = []
+    rest = data
+    while rest:
+        d = zstandard.ZstdDecompressor().decompressobj()
+        parts.append(d.decompress(rest))
+        if not d.eof:
+            raise zstandard.ZstdError("truncated zstd frame")
+        rest = d.unused_data
+    return b"".join(parts)
+
+
 def decompress(data: bytes, encoding: str | None) -> bytes:
     """Decode a request body; a wrong or truncated encoding is a ClickHouse error, never a crash."""
     method = (encoding or "").strip().lower()
@@ -38,8 +51,7 @@ def decompress(data: bytes, encoding: str | None) -> bytes:
         raise ClickHouseError(ZLIB_INFLATE_FAILED, f"inflate failed: {exc}") from None
     if method == "zstd":
         try:
-            with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True) as reader:
-                return reader.read()
+            return _zstd_decompress(data)
         except zstandard.ZstdError as exc:
             raise ClickHouseError(ZSTD_DECODER_FAILED, f"Zstd stream decoding failed: {exc}") from None
     if method == "lz4":
