@@ -1,13 +1,17 @@
 """Run the server: lock the data dir, open the engine, serve HTTP until SIGTERM/SIGINT.
 
 uvicorn handles both signals: it stops accepting connections, lets running requests finish, then
-the app's lifespan closes the engine (every connection, then the engine, then the lock).
+the app's lifespan closes the engine (every connection, then the engine, then the lock). Our own
+handlers only record the signal (uvicorn re-raises it after its graceful shutdown, which would
+otherwise turn a clean stop into death-by-signal) so a clean stop exits with status 0.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 
@@ -28,21 +32,37 @@ def serve(
     log_level: str = "warning",
 ) -> None:
     """Blocking: serve until a signal asks to stop. Raises DataDirInUseError before binding if the dir is taken."""
-    engine = Engine(data_dir, max_concurrent_queries=max_concurrent_queries, databases=databases)
+    received: list[int] = []
+    server: uvicorn.Server | None = None
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        if server is not None:
+            server.should_exit = True
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        app = create_app(engine, users)
-        config = uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            workers=1,  # chDB allows one engine per process
-            log_level=log_level,
-            access_log=False,
-            timeout_graceful_shutdown=60,
-            lifespan="on",
-        )
-        server = uvicorn.Server(config)
-        log.info("chserver %s on http://%s:%d, data in %s, users %s", engine.version, host, port, data_dir, users.names())
-        server.run()
+        engine = Engine(data_dir, max_concurrent_queries=max_concurrent_queries, databases=databases)
+        try:
+            app = create_app(engine, users)
+            config = uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                workers=1,  # chDB allows one engine per process
+                log_level=log_level,
+                access_log=False,
+                timeout_graceful_shutdown=60,
+                lifespan="on",
+            )
+            server = uvicorn.Server(config)
+            server.should_exit = bool(received)  # a signal during engine start-up: stop right away
+            log.info("chserver %s on http://%s:%d, data in %s, users %s", engine.version, host, port, data_dir, users.names())
+            server.run()
+        finally:
+            engine.close()  # idempotent; covers start-up failures (e.g. the port is taken) before lifespan runs
+        if received:
+            log.info("chserver stopped cleanly (signal %s)", signal.Signals(received[0]).name)
     finally:
-        engine.close()  # idempotent; covers startup failures (e.g. the port is taken) before lifespan runs
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -105,8 +105,35 @@ def eventpipe_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "eventpipe_cli.main", *args]
 
 
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def chserver_component(settings: Settings, logs: Path) -> Component | None:
+    """The ClickHouse-compatible server on chDB, only when CLICKHOUSE_URL points at this machine."""
+    if not is_local_url(settings.clickhouse_url):
+        return None
+    target = settings.clickhouse
+    args = ["chserver", "--data", str(settings.chserver_data_dir), "--host", target.host, "--port", str(target.port)]
+    proc = ChildProcess(
+        name="clickhouse (chserver)",
+        cmd=eventpipe_command(*args),
+        host=target.host,
+        port=target.port,
+        log_path=logs / "chserver.log",
+        ready=lambda: _http_ok(f"{target.http_url}/ping"),
+    )
+    return child_component(proc, f"{target.http_url}  database {target.database}")
+
+
 # Later components register here: name -> factory(settings, logs_dir) -> Component | None.
-COMPONENT_FACTORIES: list[Callable[[Settings, Path], Component | None]] = [broker_component]
+COMPONENT_FACTORIES: list[Callable[[Settings, Path], Component | None]] = [broker_component, chserver_component]
 
 
 def is_local_url(url: str) -> bool:
