@@ -46,12 +46,15 @@ def write_geoip_db(path: Path) -> Path:
 
 
 def land_batch(lake: LakeStore, rows: list[dict[str, Any]], *, kafka_partition: int, seq: int, start_offset: int,
-               committed_at: datetime | None = None) -> CommitRecord:
-    """Write rows as the landing consumer does: one Parquet object per event hour, then the commit record."""
+               committed_at: datetime | None = None, force_hour: datetime | None = None) -> CommitRecord:
+    """Write rows as the landing consumer does: one Parquet object per event hour, then the commit record.
+
+    ``force_hour`` files every row under that hour (a corrupt landing, for the data-quality tests).
+    """
     by_hour: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for i, row in enumerate(rows):
         row = {**row, "kafka_partition": kafka_partition, "kafka_offset": start_offset + i}
-        by_hour.setdefault(hour_partition(row["event_time"]), []).append(row)
+        by_hour.setdefault(hour_partition(force_hour or row["event_time"]), []).append(row)
     objects = []
     for (date, hour), hour_rows in sorted(by_hour.items()):
         key = f"{hour_dir(RAW_PREFIX, date, hour)}p{kafka_partition:05d}-{start_offset:012d}.parquet"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from eventpipe_core.event_model import RAW_EVENT_SCHEMA
@@ -137,6 +139,7 @@ def test_dedupe_schema_defaults_and_byte_identical_output() -> None:
     assert by_id(r1)["dup"]["event_type"] == "first"
     assert by_id(r1)["x"]["event_properties"] == "{}" and by_id(r1)["x"]["country"] == ""
     assert to_parquet_bytes(r1.table) == to_parquet_bytes(r2.table)
+    assert pq.read_table(io.BytesIO(to_parquet_bytes(r1.table))).schema == ENRICHED_SCHEMA  # survives Parquet
     assert plan_violation_count(r1.table.column("plan_violations").to_pandas()) == 2
     assert r1.table.column("event_hour").to_pylist() == [H0, H0]
 

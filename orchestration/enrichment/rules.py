@@ -35,7 +35,7 @@ _TS = pa.timestamp("ms", tz="UTC")
 ENRICHED_SCHEMA = pa.schema(
     [
         pa.field("event_time", _TS, nullable=False),
-        pa.field("event_hour", pa.timestamp("s", tz="UTC"), nullable=False),
+        pa.field("event_hour", _TS, nullable=False),  # Parquet has no second unit: ms, whole hours
         pa.field("event_date", pa.date32(), nullable=False),
         pa.field("insert_id", pa.string(), nullable=False),
         pa.field("event_type", pa.string(), nullable=False),

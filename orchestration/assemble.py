@@ -1,0 +1,73 @@
+"""Assembles the Dagster ``Definitions`` from one module per system, resources from settings.
+
+    lake/        raw_events (landed batches, external) -> enriched_events (hourly Parquet)
+    quality/     blocking great-expectations checks on enriched_events
+    clickhouse/  clickhouse_events (hourly REPLACE PARTITION into analytics.events)
+    sensors/     landing sensor (new + late hours), daily catch-up schedule, hourly job
+    dbt/         daily marts (@dbt_assets) — optional module, see :func:`dbt_definitions`
+
+``orchestration.definitions.defs`` (the code location) is ``build_definitions()`` with the process
+settings; tests call :func:`build_definitions` with their own settings and ``include_dbt=False``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+import dagster as dg
+
+from eventpipe_core.settings import Settings, get_settings
+from orchestration.clickhouse.assets import build_clickhouse_events
+from orchestration.lake.assets import build_enriched_events, raw_events_spec
+from orchestration.quality.checks import build_enriched_checks
+from orchestration.resources import build_resources
+from orchestration.sensors.landing import build_catchup_schedule, build_landing_sensor, hourly_events_job
+
+log = logging.getLogger(__name__)
+
+DBT_MODULE = "orchestration.dbt"
+
+
+def dbt_definitions(settings: Settings) -> dg.Definitions | None:
+    """HOOK for the dbt marts: ``orchestration/dbt/__init__.py`` exposes
+    ``dbt_definitions(settings: Settings) -> dagster.Definitions`` (its ``@dbt_assets``, checks, and a
+    ``dbt`` resource if it wants its own). Skipped cleanly while the module does not exist."""
+    try:
+        module = importlib.import_module(DBT_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name and DBT_MODULE.startswith(exc.name):
+            return None
+        raise
+    factory = getattr(module, "dbt_definitions", None)
+    if factory is None:
+        log.warning("%s has no dbt_definitions(settings); dbt marts not loaded", DBT_MODULE)
+        return None
+    return factory(settings)
+
+
+def build_definitions(settings: Settings | None = None, include_dbt: bool = True) -> dg.Definitions:
+    settings = settings or get_settings()
+    job = hourly_events_job(settings)
+    extra = dbt_definitions(settings) if include_dbt else None
+    resources = build_resources(settings)
+    if extra is not None and extra.resources:
+        resources = {k: v for k, v in resources.items() if k not in extra.resources}
+    core = dg.Definitions(
+        assets=[raw_events_spec(settings), build_enriched_events(settings), build_clickhouse_events(settings)],
+        asset_checks=build_enriched_checks(settings),
+        jobs=[job],
+        sensors=[
+            build_landing_sensor(settings, job),
+            dg.AutomationConditionSensorDefinition(
+                "automation_condition_sensor", target=dg.AssetSelection.all(),
+                default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,
+                description="Evaluates automation conditions: downstream hours/days whose upstream changed "
+                "(late ones included), stale partitions after a freshness breach.",
+            ),
+        ],
+        schedules=[build_catchup_schedule(settings, job)],
+        resources=resources,
+    )
+    return dg.Definitions.merge(core, extra) if extra is not None else core
+

@@ -1,0 +1,102 @@
+"""Idempotent hour loads into ``analytics.events`` and the identity map.
+
+An hour is loaded into a fresh staging table, then swapped in with one
+``ALTER TABLE … REPLACE PARTITION ID '<hour>' FROM staging`` — atomic for readers: they see the
+old hour or the new one, never a partial or doubled hour, however often the hour is re-loaded.
+The enriched Parquet file is sent as-is (``FORMAT Parquet``): no row conversion in Python.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import pandas as pd
+
+from orchestration.clickhouse.schema import EVENT_COLUMN_NAMES, STAGING_PREFIX, SchemaPlan, quote
+
+
+def partition_id(hour_start: datetime) -> str:
+    """ClickHouse partition ID of an ``event_hour`` (DateTime) partition: the epoch seconds."""
+    return str(int(hour_start.astimezone(UTC).timestamp()))
+
+
+def load_hour(client, plan: SchemaPlan, hour_start: datetime, parquet: bytes, rows: int) -> int:  # noqa: ANN001
+    """Replace the hour ``hour_start`` of ``events`` with the rows of one enriched Parquet file.
+
+    Returns the number of rows the hour holds afterwards (read back from the table).
+    """
+    pid = partition_id(hour_start)
+    suffix = f"{hour_start.astimezone(UTC):%Y%m%d%H}_{uuid.uuid4().hex[:8]}"
+    insert_table, ddl, local_table = plan.staging_statements(suffix)
+    try:
+        for sql in ddl:
+            client.command(sql)
+        if rows:
+            client.raw_insert(insert_table, list(EVENT_COLUMN_NAMES), insert_block=parquet, fmt="Parquet",
+                              settings={"insert_distributed_sync": 1} if plan.cluster else None)
+            client.command(f"ALTER TABLE {plan.data_table}{plan.on_cluster} REPLACE PARTITION ID '{pid}' FROM {local_table}")
+        else:
+            client.command(f"ALTER TABLE {plan.data_table}{plan.on_cluster} DROP PARTITION ID '{pid}'")
+    finally:
+        drop_staging(client, plan, insert_table, local_table)
+    return hour_row_count(client, plan, hour_start)
+
+
+def drop_staging(client, plan: SchemaPlan, *tables: str) -> None:  # noqa: ANN001
+    for table in dict.fromkeys(tables):
+        client.command(f"DROP TABLE IF EXISTS {table}{plan.on_cluster}")
+
+
+def drop_stale_staging(client, plan: SchemaPlan) -> int:  # noqa: ANN001
+    """Remove staging tables left by crashed loads (they are never read)."""
+    names = client.query(
+        "SELECT name FROM system.tables WHERE database = {db:String} AND startsWith(name, {p:String})",
+        parameters={"db": plan.database, "p": STAGING_PREFIX},
+    ).result_rows
+    for (name,) in names:
+        client.command(f"DROP TABLE IF EXISTS {quote(plan.database)}.{quote(name)}{plan.on_cluster}")
+    return len(names)
+
+
+def hour_row_count(client, plan: SchemaPlan, hour_start: datetime) -> int:  # noqa: ANN001
+    return int(
+        client.command(
+            f"SELECT count() FROM {plan.events_table} WHERE event_hour = toDateTime({{h:UInt32}}, 'UTC')",
+            parameters={"h": int(hour_start.astimezone(UTC).timestamp())},
+        )
+    )
+
+
+def read_identity_map(client, plan: SchemaPlan, device_ids: list[str] | None = None) -> dict[str, str]:  # noqa: ANN001
+    """device -> user: the earliest-seen user of each device (ties by user_id)."""
+    where = ""
+    params: dict[str, object] = {}
+    if device_ids is not None:
+        if not device_ids:
+            return {}
+        where = "WHERE device_id IN {ids:Array(String)}"
+        params["ids"] = sorted(set(device_ids))
+    rows = client.query(
+        f"SELECT device_id, argMin(user_id, (first_seen, user_id)) FROM {quote(plan.database)}.identity_map "
+        f"{where} GROUP BY device_id",
+        parameters=params,
+    ).result_rows
+    return {str(d): str(u) for d, u in rows}
+
+
+def write_identities(client, plan: SchemaPlan, learned: pd.DataFrame) -> int:  # noqa: ANN001
+    """Record newly learned device -> user pairs (re-inserts collapse: ReplacingMergeTree on the pair)."""
+    if learned.empty:
+        return 0
+    data = [
+        [str(r.device_id), str(r.user_id), pd.Timestamp(r.first_seen).to_pydatetime()]
+        for r in learned.itertuples(index=False)
+    ]
+    client.insert("identity_map", data, column_names=["device_id", "user_id", "first_seen"], database=plan.database)
+    return len(data)
+
+
+def table_counts(client, plan: SchemaPlan, hours: Mapping[str, datetime]) -> dict[str, int]:  # noqa: ANN001
+    return {key: hour_row_count(client, plan, h) for key, h in hours.items()}

@@ -1,0 +1,198 @@
+"""DDL of ``analytics.events`` and ``analytics.identity_map`` — the one place it is written.
+
+Single server (default): ``events`` is a ReplacingMergeTree partitioned by ``event_hour``.
+With ``CLICKHOUSE_CLUSTER`` set (the scale-out path): every statement runs ``ON CLUSTER``, data
+lives in ``events_local`` (ReplicatedReplacingMergeTree on each shard) and ``events`` is a
+Distributed table over it, sharded by ``actor_id`` so one actor's events stay on one shard
+(funnels/retention run shard-locally). The dbt models read ``events`` in both layouts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from eventpipe_core.settings import Settings
+
+# Contract with dbt_project (column order and types).
+EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("event_time", "DateTime64(3, 'UTC')"),
+    ("event_hour", "DateTime('UTC')"),
+    ("event_date", "Date"),
+    ("insert_id", "String"),
+    ("event_type", "LowCardinality(String)"),
+    ("project", "LowCardinality(String)"),
+    ("user_id", "Nullable(String)"),
+    ("device_id", "Nullable(String)"),
+    ("resolved_user_id", "Nullable(String)"),
+    ("actor_id", "String"),
+    ("session_id", "Int64"),
+    ("event_id", "Nullable(Int64)"),
+    ("event_properties", "String"),
+    ("user_properties", "String"),
+    ("groups", "String"),
+    ("group_properties", "String"),
+    ("app_version", "String"),
+    ("platform", "String"),
+    ("os_name", "String"),
+    ("os_version", "String"),
+    ("device_brand", "String"),
+    ("device_manufacturer", "String"),
+    ("device_model", "String"),
+    ("carrier", "String"),
+    ("language", "String"),
+    ("country", "String"),
+    ("region", "String"),
+    ("city", "String"),
+    ("dma", "String"),
+    ("location_lat", "Nullable(Float64)"),
+    ("location_lng", "Nullable(Float64)"),
+    ("ip", "String"),
+    ("ua_browser", "String"),
+    ("ua_browser_version", "String"),
+    ("ua_os", "String"),
+    ("ua_device", "String"),
+    ("is_bot", "UInt8"),
+    ("bot_reason", "String"),
+    ("price", "Nullable(Float64)"),
+    ("quantity", "Nullable(Int64)"),
+    ("revenue", "Nullable(Float64)"),
+    ("product_id", "String"),
+    ("revenue_type", "String"),
+    ("library", "String"),
+    ("user_agent", "String"),
+    ("received_at", "DateTime64(3, 'UTC')"),
+    ("client_ip", "String"),
+    ("upload_id", "String"),
+    ("plan_violations", "String"),
+    ("kafka_partition", "Int32"),
+    ("kafka_offset", "Int64"),
+    ("ingested_at", "DateTime64(3, 'UTC')"),
+)
+EVENT_COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in EVENT_COLUMNS)
+
+ORDER_BY = "(project, event_type, event_time, insert_id)"
+STAGING_PREFIX = "events__stage_"
+
+
+@dataclass(frozen=True)
+class SchemaPlan:
+    """Names and DDL for one deployment shape (single server or cluster)."""
+
+    database: str
+    cluster: str | None
+    ttl_days: int
+
+    @property
+    def on_cluster(self) -> str:
+        return f" ON CLUSTER {quote(self.cluster)}" if self.cluster else ""
+
+    @property
+    def events_table(self) -> str:
+        """Table readers query (Distributed on a cluster)."""
+        return f"{quote(self.database)}.events"
+
+    @property
+    def data_table(self) -> str:
+        """Table holding the parts; REPLACE PARTITION targets it."""
+        return f"{quote(self.database)}.events_local" if self.cluster else self.events_table
+
+    def engine(self, table: str, replacing_version: str | None = "ingested_at") -> str:
+        args = replacing_version or ""
+        if self.cluster:
+            path = f"'/clickhouse/tables/{{shard}}/{self.database}/{table}', '{{replica}}'"
+            return f"ReplicatedReplacingMergeTree({path}{', ' + args if args else ''})"
+        return f"ReplacingMergeTree({args})"
+
+    def columns_sql(self) -> str:
+        return ",\n".join(f"    {quote(name)} {ctype}" for name, ctype in EVENT_COLUMNS)
+
+    def events_ddl(self, table_name: str, *, ttl: bool = True) -> str:
+        """MergeTree DDL for the data table or a staging table of the same structure."""
+        ttl_sql = f"\nTTL event_date + INTERVAL {self.ttl_days} DAY" if ttl else ""
+        return (
+            f"CREATE TABLE IF NOT EXISTS {quote(self.database)}.{quote(table_name)}{self.on_cluster}\n"
+            f"(\n{self.columns_sql()}\n)\nENGINE = {self.engine(table_name)}\n"
+            f"PARTITION BY event_hour\nORDER BY {ORDER_BY}{ttl_sql}\n"
+            "SETTINGS index_granularity = 8192"
+        )
+
+    def statements(self) -> list[str]:
+        db = quote(self.database)
+        out = [f"CREATE DATABASE IF NOT EXISTS {db}{self.on_cluster}"]
+        if self.cluster:
+            out.append(self.events_ddl("events_local"))
+            out.append(
+                f"CREATE TABLE IF NOT EXISTS {db}.events{self.on_cluster} AS {db}.events_local\n"
+                f"ENGINE = Distributed({quote_str(self.cluster)}, {quote_str(self.database)}, 'events_local', "
+                "cityHash64(actor_id))"
+            )
+        else:
+            out.append(self.events_ddl("events"))
+        id_table = "identity_map_local" if self.cluster else "identity_map"
+        out.append(
+            f"CREATE TABLE IF NOT EXISTS {db}.{id_table}{self.on_cluster}\n"
+            "(\n    device_id String,\n    user_id String,\n    first_seen DateTime64(3, 'UTC')\n)\n"
+            f"ENGINE = {self.engine(id_table, replacing_version=None)}\nORDER BY (device_id, user_id)"
+        )
+        if self.cluster:
+            out.append(
+                f"CREATE TABLE IF NOT EXISTS {db}.identity_map{self.on_cluster} AS {db}.identity_map_local\n"
+                f"ENGINE = Distributed({quote_str(self.cluster)}, {quote_str(self.database)}, 'identity_map_local', "
+                "cityHash64(device_id))"
+            )
+        return out
+
+    def ttl_statement(self) -> str:
+        return f"ALTER TABLE {self.data_table}{self.on_cluster} MODIFY TTL event_date + INTERVAL {self.ttl_days} DAY"
+
+    def staging_statements(self, suffix: str) -> tuple[str, list[str], str]:
+        """(table readers insert into, DDL to create it, local table REPLACE PARTITION reads FROM).
+
+        No TTL on staging tables: a backfill of an old hour must not lose rows before the swap.
+        """
+        local = f"{STAGING_PREFIX}{suffix}"
+        ddl = [self.events_ddl(local, ttl=False)]
+        if not self.cluster:
+            return f"{quote(self.database)}.{quote(local)}", ddl, f"{quote(self.database)}.{quote(local)}"
+        dist = f"{local}_dist"
+        ddl.append(
+            f"CREATE TABLE IF NOT EXISTS {quote(self.database)}.{quote(dist)}{self.on_cluster} AS "
+            f"{quote(self.database)}.{quote(local)}\nENGINE = Distributed({quote_str(self.cluster)}, "
+            f"{quote_str(self.database)}, {quote_str(local)}, cityHash64(actor_id))"
+        )
+        return f"{quote(self.database)}.{quote(dist)}", ddl, f"{quote(self.database)}.{quote(local)}"
+
+
+def quote(identifier: str | None) -> str:
+    """Backquote an identifier (database, table, cluster names come from configuration)."""
+    assert identifier is not None
+    return "`" + identifier.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def quote_str(value: str | None) -> str:
+    assert value is not None
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def schema_plan(settings: Settings) -> SchemaPlan:
+    return SchemaPlan(settings.clickhouse.database, settings.clickhouse_cluster, settings.clickhouse_ttl_days)
+
+
+def ensure_schema(client, settings: Settings) -> SchemaPlan:  # noqa: ANN001 - clickhouse_connect client
+    """Create the database and tables if missing and apply the configured TTL (idempotent)."""
+    return ensure_plan(client, schema_plan(settings))
+
+
+def ensure_plan(client, plan: SchemaPlan) -> SchemaPlan:  # noqa: ANN001 - clickhouse_connect client
+    """:func:`ensure_schema` for an explicit plan (what the Dagster resource holds)."""
+    for sql in plan.statements():
+        client.command(sql)
+    # Apply a changed TTL only when it differs: MODIFY TTL rewrites parts on a real server.
+    table = "events_local" if plan.cluster else "events"
+    current = client.command(
+        "SELECT create_table_query FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        parameters={"db": plan.database, "t": table},
+    )
+    if f"toIntervalDay({plan.ttl_days})" not in str(current):
+        client.command(plan.ttl_statement())
+    return plan

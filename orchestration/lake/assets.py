@@ -1,0 +1,106 @@
+"""``raw_events`` (landed batches, reported by the landing sensor) and ``enriched_events``."""
+
+
+from datetime import datetime, timedelta
+
+import dagster as dg
+
+from eventpipe_core.lake_catalog import ENRICHED_PREFIX, RAW_PREFIX, CommitRecord
+from eventpipe_core.lake_store import LakeStore
+from eventpipe_core.settings import Settings
+from orchestration.clickhouse.load import read_identity_map, write_identities
+from orchestration.enrichment.rules import EnrichmentConfig, enrich_hour, session_state_from_enriched, to_parquet_bytes
+from orchestration.lake.io import (
+    hours_between,
+    load_commit_records,
+    read_enriched_table,
+    read_raw_hour,
+    write_enriched,
+)
+from orchestration.partitions import accepted_beta_apis, backfill_policy, hourly_partitions
+from orchestration.resources import ClickHouseResource, EnrichmentResource, LakeResource
+
+RAW_EVENTS = dg.AssetKey("raw_events")
+ENRICHED_EVENTS = dg.AssetKey("enriched_events")
+ONE_HOUR = timedelta(hours=1)
+ENRICHMENT_CODE_VERSION = "1"  # bump when rules.py changes output: hours become "code version changed"
+
+
+def raw_events_spec(settings: Settings) -> dg.AssetSpec:
+    """External asset: landed batches are written by ingest_consumer; the sensor records them per hour."""
+    return dg.AssetSpec(
+        RAW_EVENTS,
+        partitions_def=hourly_partitions(settings),
+        group_name="lake",
+        kinds={"parquet", "kafka"},
+        description="Committed landed batches of the hour (raw/events/…), observed from the landing commit records.",
+        metadata={"lake_prefix": RAW_PREFIX},
+    )
+
+
+def build_enriched_events(settings: Settings) -> dg.AssetsDefinition:
+    with accepted_beta_apis():
+        return _build(settings)
+
+
+def _build(settings: Settings) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=ENRICHED_EVENTS,
+        deps=[RAW_EVENTS],
+        partitions_def=hourly_partitions(settings),
+        backfill_policy=backfill_policy(settings),
+        group_name="lake",
+        kinds={"parquet", "python"},
+        code_version=ENRICHMENT_CODE_VERSION,
+        description="One deterministic Parquet file per event hour under enriched/events/: deduplicated, geo-IP, "
+        "user agent, bot flag, stitched identity, sessions.",
+        metadata={"lake_prefix": ENRICHED_PREFIX},
+    )
+    def enriched_events(
+        context: dg.AssetExecutionContext, lake: LakeResource, clickhouse: ClickHouseResource, enrichment: EnrichmentResource
+    ) -> dg.MaterializeResult:
+        store = lake.open()
+        client = clickhouse.ready_client()
+        plan = clickhouse.plan
+        config = enrichment.config
+        geo = enrichment.open_geoip()
+        window = context.partition_time_window
+        hours = hours_between(window.start, window.end)
+        records = load_commit_records(store)
+        carry = _carry_into(store, hours[0], records, config)
+        totals: dict[str, int] = {}
+        keys = []
+        for hour in hours:
+            raw = read_raw_hour(store, hour, records)
+            devices = [d for d in raw.column("device_id").to_pylist() if d]
+            result = enrich_hour(raw, hour_start=hour, carry=carry, identity_map=read_identity_map(client, plan, devices),
+                                 geo_lookup=geo, config=config)
+            keys.append(write_enriched(store, hour, to_parquet_bytes(result.table)))
+            write_identities(client, plan, result.identities)
+            carry = session_state_from_enriched(result.table.to_pandas(), hour + ONE_HOUR, config.session_timeout)
+            for k, v in result.stats.items():
+                totals[k] = totals.get(k, 0) + v
+            context.log.info(f"enriched {hour:%Y-%m-%d %H:00}: {result.stats}")
+        if geo is not None:
+            geo.close()
+        return dg.MaterializeResult(
+            metadata={**{k: dg.MetadataValue.int(v) for k, v in sorted(totals.items())},
+                      "hours": len(hours), "lake_keys": dg.MetadataValue.json(keys)}
+        )
+
+    return enriched_events
+
+
+def _carry_into(
+    store: LakeStore, hour: datetime, records: list[CommitRecord], config: EnrichmentConfig
+) -> dict[str, tuple[int, int]]:
+    """Session state at the start of ``hour``: from the previous hour's enriched file, else from its raw rows."""
+    prev = hour - ONE_HOUR
+    table = read_enriched_table(store, prev)
+    if table is None:
+        raw = read_raw_hour(store, prev, records)
+        if raw.num_rows == 0:
+            return {}
+        table = enrich_hour(raw, hour_start=prev, config=config).table
+    return session_state_from_enriched(table.to_pandas(), hour, config.session_timeout)
+

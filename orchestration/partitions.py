@@ -1,0 +1,98 @@
+"""Partitions and partition mappings shared by every asset (event hour for events, day for marts)."""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from datetime import timedelta
+
+import dagster as dg
+
+from eventpipe_core.settings import Settings
+
+HOURLY_FMT = "%Y-%m-%d-%H:%M"  # == eventpipe_core.lake_catalog.hour_key
+
+
+def hourly_partitions(settings: Settings) -> dg.HourlyPartitionsDefinition:
+    """Event hours (UTC). ``end_offset=1``: the current, still filling hour is a partition too,
+    so events landing now are enriched and loaded within minutes, not after the hour closes."""
+    return dg.HourlyPartitionsDefinition(
+        start_date=f"{settings.dagster_partitions_start}-00:00", timezone="UTC", fmt=HOURLY_FMT, end_offset=1
+    )
+
+
+def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
+    """Event days (UTC) for the dbt marts; a day is complete once its last hour is."""
+    return dg.DailyPartitionsDefinition(start_date=settings.dagster_partitions_start, timezone="UTC")
+
+
+def same_hour() -> dg.TimeWindowPartitionMapping:
+    """enriched_events[h] -> clickhouse_events[h] (explicit identity mapping)."""
+    return dg.TimeWindowPartitionMapping(start_offset=0, end_offset=0)
+
+
+def hours_of_day() -> dg.TimeWindowPartitionMapping:
+    """clickhouse_events[day 00:00 .. 23:00] -> mart[day]: a daily mart depends on its 24 hours."""
+    return dg.TimeWindowPartitionMapping(start_offset=0, end_offset=0)
+
+
+def late_aware_eager(lookback: timedelta) -> dg.AutomationCondition:
+    """Like ``AutomationCondition.eager()`` but for every partition within ``lookback``, not only the
+    latest one: an hour days in the past whose upstream changed (late data) is re-materialized too.
+    Waits for blocking checks of upstream partitions (a failed GX check stops the load)."""
+    return (
+        dg.AutomationCondition.in_latest_time_window(lookback)
+        & dg.AutomationCondition.any_deps_updated().since_last_handled()
+        & ~dg.AutomationCondition.any_deps_missing()
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+        & dg.AutomationCondition.all_deps_blocking_checks_passed()
+    ).with_label("eager_including_late_partitions")
+
+
+def refresh_when_stale() -> dg.AutomationCondition:
+    """Re-materialize the latest partition once when the freshness policy turns FAIL."""
+    return (
+        dg.AutomationCondition.in_latest_time_window()
+        & dg.AutomationCondition.freshness_failed().newly_true()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("refresh_when_stale")
+
+
+def events_automation(settings: Settings) -> dg.AutomationCondition:
+    return late_aware_eager(timedelta(days=settings.late_data_lookback_days)) | refresh_when_stale()
+
+
+def marts_automation(settings: Settings) -> dg.AutomationCondition:
+    """For the daily dbt marts (orchestration/dbt): same rule over daily partitions."""
+    return late_aware_eager(timedelta(days=settings.late_data_lookback_days + 1)) | refresh_when_stale()
+
+
+def events_freshness(settings: Settings) -> dg.FreshnessPolicy:
+    return dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(minutes=settings.events_freshness_fail_minutes),
+        warn_window=timedelta(minutes=settings.events_freshness_warn_minutes),
+    )
+
+
+def marts_freshness(settings: Settings) -> dg.FreshnessPolicy:
+    return dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(hours=settings.marts_freshness_fail_hours),
+        warn_window=timedelta(hours=settings.marts_freshness_warn_hours),
+    )
+
+
+def backfill_policy(settings: Settings) -> dg.BackfillPolicy:
+    """Backfills run ``backfill_max_partitions_per_run`` hours per run (one process walks them in
+    order, carrying session state), instead of one run per hour."""
+    return dg.BackfillPolicy.multi_run(max_partitions_per_run=settings.backfill_max_partitions_per_run)
+
+
+@contextlib.contextmanager
+def accepted_beta_apis() -> Iterator[None]:
+    """``@asset(backfill_policy=…)`` is marked beta in Dagster 1.13; we use it deliberately (as
+    dagster-open-platform does), so its BetaWarning is not shown at every code-location load."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+        yield

@@ -1,0 +1,90 @@
+"""great-expectations 1.x suites over one enriched hour (or a range of hours), as pandas.
+
+GX is imported lazily: it takes seconds to import, and only check runs need it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from orchestration.enrichment.rules import ENRICHED_SCHEMA, plan_violation_count
+
+SUITE_NAME = "enriched_events_hour"
+
+
+@dataclass
+class SuiteOutcome:
+    success: bool
+    rows: int
+    failed: dict[str, int] = field(default_factory=dict)  # expectation -> unexpected count
+    results: dict[str, bool] = field(default_factory=dict)
+    schema_ok: bool = True
+    plan_violations: int = 0
+
+
+def _expectations(start_ms: int, end_ms: int) -> list[Any]:
+    import great_expectations.expectations as gxe
+
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="insert_id"),
+        gxe.ExpectColumnValuesToNotBeNull(column="event_type"),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="actor_id", min_value=1),
+        gxe.ExpectColumnValuesToBeUnique(column="insert_id"),
+        gxe.ExpectColumnValuesToBeBetween(column="_event_time_ms", min_value=start_ms, max_value=end_ms - 1),
+        gxe.ExpectColumnValuesToNotBeNull(column="session_id"),
+        gxe.ExpectColumnValuesToBeBetween(column="session_id", min_value=0),
+        gxe.ExpectColumnValuesToBeOfType(column="session_id", type_="int64"),
+        gxe.ExpectColumnValuesToBeOfType(column="kafka_offset", type_="int64"),
+        gxe.ExpectColumnValuesToBeInSet(column="is_bot", value_set=[0, 1]),
+    ]
+
+
+def _context():  # noqa: ANN202 - GX EphemeralDataContext
+    import great_expectations as gx
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    context = gx.get_context(mode="ephemeral")
+    try:
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
+    return context
+
+
+def validate_enriched(table: pa.Table, start: datetime, end: datetime) -> SuiteOutcome:
+    """Run the suite over enriched rows whose partition is [start, end)."""
+    import great_expectations as gx
+
+    df = table.to_pandas()
+    df["_event_time_ms"] = (
+        pd.to_datetime(df["event_time"], utc=True).astype("datetime64[ms, UTC]").astype("int64")
+        if len(df) else pd.Series(dtype="int64")
+    )
+    outcome = SuiteOutcome(success=True, rows=len(df), schema_ok=table.schema.remove_metadata() == ENRICHED_SCHEMA)
+    outcome.plan_violations = plan_violation_count(df["plan_violations"]) if len(df) else 0
+    if not len(df):
+        outcome.success = outcome.schema_ok
+        return outcome
+    context = _context()
+    batch_def = (
+        context.data_sources.add_pandas("enriched").add_dataframe_asset("hour").add_batch_definition_whole_dataframe("all")
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name=SUITE_NAME, expectations=_expectations(
+        int(start.timestamp() * 1000), int(end.timestamp() * 1000))))
+    result = batch_def.get_batch(batch_parameters={"dataframe": df}).validate(suite)
+    for r in result.results:
+        cfg = r.expectation_config
+        name = f"{cfg.type}({cfg.kwargs.get('column', '')})"
+        outcome.results[name] = bool(r.success)
+        if not r.success:
+            outcome.failed[name] = int((r.result or {}).get("unexpected_count") or 0)
+    outcome.success = bool(result.success) and outcome.schema_ok
+    return outcome

@@ -1,0 +1,1 @@
+"""Sensors and schedules: new landed batches (incl. late hours), automation, daily catch-up."""
