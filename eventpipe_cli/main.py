@@ -79,6 +79,7 @@ def _register_subcommands() -> None:
         "collector.cli",
         "ingest_consumer.cli",
         "orchestration.cli",
+        "orchestration.dbt.cli",
         "eventpipe_cli.demo",
     ):
         try:
