@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import io
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import clickhouse_connect
+import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from eventpipe_core.event_model import RAW_EVENT_SCHEMA, hour_partition
-from eventpipe_core.lake_catalog import RAW_PREFIX, CommitRecord, LandedObject, hour_dir
-from eventpipe_core.lake_store import LakeStore
+from eventpipe_core.lake_catalog import RAW_PREFIX, CommitRecord, LandedObject, hour_dir, hour_key
+from eventpipe_core.lake_store import LakeStore, open_lake
+from eventpipe_core.settings import Settings, load_settings
+from orchestration.assemble import build_definitions
+from orchestration.lake.io import hour_parts
+from tests.chserver_support import ChServer
 
 CHROME_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
 GOOGLEBOT_UA = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
@@ -70,3 +80,45 @@ def land_batch(lake: LakeStore, rows: list[dict[str, Any]], *, kafka_partition: 
     )
     assert lake.put_if_absent(record.key, record.to_json())
     return record
+
+
+NOW_HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+@dataclass
+class Env:
+    settings: Settings
+    defs: dg.Definitions
+    lake: LakeStore
+    client: object
+    instance: dg.DagsterInstance
+
+    def run_hour(self, hour: datetime, raise_on_error: bool = True) -> dg.ExecuteInProcessResult:
+        job = self.defs.resolve_job_def("hourly_events_job")
+        return job.execute_in_process(partition_key=pkey(hour), instance=self.instance, raise_on_error=raise_on_error)
+
+    def rows(self, sql: str) -> list[tuple]:
+        return self.client.query(sql).result_rows  # type: ignore[attr-defined]
+
+    def hour_count(self, hour: datetime) -> int:
+        db = self.settings.clickhouse.database
+        return self.rows(f"SELECT count() FROM {db}.events WHERE event_hour = toDateTime({int(hour.timestamp())}, 'UTC')")[0][0]
+
+
+def pkey(hour: datetime) -> str:
+    return hour_key(*hour_parts(hour))
+
+
+@pytest.fixture(name="orch")
+def orch_fixture(tmp_path: Path, chserver: ChServer) -> Iterator[Env]:
+    """A temp lake, a fresh database on the session chserver, an ephemeral Dagster instance."""
+    database = f"t_{uuid.uuid4().hex[:10]}"
+    settings = load_settings(
+        eventpipe_home=tmp_path, lake_url=(tmp_path / "lake").as_uri(),
+        clickhouse_url=chserver.clickhouse_url.rsplit("/", 1)[0] + f"/{database}",
+        geoip_db_path=write_geoip_db(tmp_path / "city.mmdb"), bot_max_events_per_minute=5,
+    )
+    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="")
+    with dg.DagsterInstance.ephemeral() as instance:
+        yield Env(settings, build_definitions(settings, include_dbt=False), open_lake(settings), client, instance)
+    client.command(f"DROP DATABASE IF EXISTS {database}")

@@ -19,7 +19,8 @@ from eventpipe_core.lake_catalog import CommitRecord, committed_objects, iter_co
 from eventpipe_core.settings import Settings
 from orchestration.clickhouse.assets import CLICKHOUSE_EVENTS
 from orchestration.lake.assets import ENRICHED_EVENTS, RAW_EVENTS
-from orchestration.partitions import hourly_partitions
+from orchestration.lake.io import hours_between
+from orchestration.partitions import HOURLY_FMT, hourly_partitions
 from orchestration.resources import LakeResource
 
 HOURLY_JOB = "hourly_events_job"
@@ -45,7 +46,7 @@ def dump_cursor(cursor: dict[int, int]) -> str:
 
 def plan_ticks(
     records: Iterable[CommitRecord], cursor: dict[int, int], valid_key: dg.PartitionsDefinition | None = None,
-    now: datetime | None = None, limit: int = MAX_RECORDS_PER_TICK,
+    limit: int = MAX_RECORDS_PER_TICK,
 ) -> tuple[dict[str, list[CommitRecord]], dict[int, int], list[str]]:
     """(records per touched hour partition, new cursor, hour keys outside the partitions) — pure."""
     touched: dict[str, list[CommitRecord]] = {}
@@ -56,7 +57,7 @@ def plan_ticks(
             break
         new_cursor[record.kafka_partition] = max(record.seq, new_cursor.get(record.kafka_partition, -1))
         for key in sorted(record.rows_per_hour):
-            if valid_key is not None and not valid_key.has_partition_key(key, current_time=now):
+            if valid_key is not None and not valid_key.has_partition_key(key):
                 skipped.append(key)
                 continue
             touched.setdefault(key, []).append(record)
@@ -115,13 +116,18 @@ def build_catchup_schedule(settings: Settings, job: UnresolvedAssetJobDefinition
 
 
 def catchup_requests(instance: dg.DagsterInstance, lake: LakeResource, day: str) -> list[dg.RunRequest]:
+    """Hours of ``day`` to (re)run: never loaded (quiet hours too — the daily marts need all 24 hours
+    present), or whose latest landed batch was reported after their last ClickHouse load."""
+    start = datetime.fromisoformat(day).replace(tzinfo=UTC)
     landed = {o.partition_key for o in committed_objects(lake.open(), event_date=day)}
     out = []
-    for key in sorted(landed):
+    for hour in hours_between(start, start + timedelta(days=1)):
+        key = hour.strftime(HOURLY_FMT)
         raw = _latest(instance, RAW_EVENTS, key)
         loaded = _latest(instance, CLICKHOUSE_EVENTS, key)
-        if loaded is None or (raw is not None and raw > loaded):
-            out.append(dg.RunRequest(run_key=f"catchup|{key}|{raw}", partition_key=key, tags={"eventpipe/trigger": "catchup"}))
+        if loaded is None or (key in landed and raw is not None and raw > loaded):
+            out.append(dg.RunRequest(run_key=f"catchup|{key}|{raw}|{loaded}", partition_key=key,
+                                     tags={"eventpipe/trigger": "catchup"}))
     return out
 
 
