@@ -17,7 +17,7 @@ from orchestration.lake.io import (
     read_raw_hour,
     write_enriched,
 )
-from orchestration.partitions import accepted_beta_apis, backfill_policy, hourly_partitions
+from orchestration.partitions import accepted_beta_apis, backfill_policy, hourly_partitions, same_hour
 from orchestration.resources import ClickHouseResource, EnrichmentResource, LakeResource
 
 RAW_EVENTS = dg.AssetKey("raw_events")
@@ -46,7 +46,7 @@ def build_enriched_events(settings: Settings) -> dg.AssetsDefinition:
 def _build(settings: Settings) -> dg.AssetsDefinition:
     @dg.asset(
         key=ENRICHED_EVENTS,
-        deps=[RAW_EVENTS],
+        deps=[dg.AssetDep(RAW_EVENTS, partition_mapping=same_hour())],
         partitions_def=hourly_partitions(settings),
         backfill_policy=backfill_policy(settings),
         group_name="lake",
