@@ -132,8 +132,25 @@ def chserver_component(settings: Settings, logs: Path) -> Component | None:
     return child_component(proc, f"{target.http_url}  database {target.database}")
 
 
+def dagster_component(settings: Settings, logs: Path) -> Component | None:
+    """Dagster webserver + daemon (`eventpipe dagster` = `dagster dev -w workspace.yaml`), DAGSTER_HOME from settings."""
+    host, port = "127.0.0.1", settings.dagster_port
+    proc = ChildProcess(
+        name="dagster (webserver+daemon)",
+        cmd=eventpipe_command("dagster", "--host", host),
+        host=host,
+        port=port,
+        log_path=logs / "dagster.log",
+        ready=lambda: _http_ok(f"http://{host}:{port}/server_info"),
+        timeout=240.0,
+    )
+    return child_component(proc, f"http://{host}:{port}  DAGSTER_HOME {settings.dagster_home}")
+
+
 # Later components register here: name -> factory(settings, logs_dir) -> Component | None.
-COMPONENT_FACTORIES: list[Callable[[Settings, Path], Component | None]] = [broker_component, chserver_component]
+COMPONENT_FACTORIES: list[Callable[[Settings, Path], Component | None]] = [
+    broker_component, chserver_component, dagster_component,  # Dagster stays last: it loads everything else
+]
 
 
 def is_local_url(url: str) -> bool:

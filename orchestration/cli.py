@@ -1,0 +1,51 @@
+"""`eventpipe dagster`: the Dagster webserver + daemon (``dagster dev -w workspace.yaml``) for this stack."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from eventpipe_core.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WORKSPACE = REPO_ROOT / "workspace.yaml"
+DAGSTER_YAML = """# Written by `eventpipe dagster` (local sqlite instance). Production: a Postgres-backed instance.
+telemetry:
+  enabled: false
+"""
+
+
+def prepare_dagster_home(settings: Settings) -> Path:
+    """DAGSTER_HOME from settings, created with a minimal dagster.yaml if it has none."""
+    home = Path(settings.dagster_home or settings.eventpipe_home / "dagster")
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    return home
+
+
+def dagster_dev_command(settings: Settings, host: str = "127.0.0.1") -> list[str]:
+    """``dagster dev -w workspace.yaml`` (Dagster 1.13 marks the command itself as superseded by the separate
+    ``dg`` CLI, which is not a dependency here; that one notice is filtered)."""
+    return [
+        sys.executable, "-W", "ignore:Function `dev_command` is superseded:Warning", "-m", "dagster", "dev",
+        "-w", str(WORKSPACE), "-h", host, "-p", str(settings.dagster_port),
+    ]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("dagster")
+    def dagster(host: str = typer.Option("127.0.0.1", help="interface the Dagster UI listens on")) -> None:
+        """Run the Dagster UI + daemon (sensors, schedules, automation) on DAGSTER_PORT with DAGSTER_HOME."""
+        from eventpipe_cli.main import settings_or_exit
+
+        settings = settings_or_exit()
+        env = dict(os.environ) | {"DAGSTER_HOME": str(prepare_dagster_home(settings))}
+        cmd = dagster_dev_command(settings, host)
+        os.chdir(REPO_ROOT)
+        # exec: SIGTERM/SIGINT from `eventpipe up` reach `dagster dev` itself, which stops webserver and daemon
+        os.execve(cmd[0], cmd, env)
