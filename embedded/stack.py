@@ -147,9 +147,38 @@ def dagster_component(settings: Settings, logs: Path) -> Component | None:
     return child_component(proc, f"http://{host}:{port}  DAGSTER_HOME {settings.dagster_home}")
 
 
+def consumer_component(settings: Settings, logs: Path) -> Component | None:
+    """The landing consumer (`eventpipe consumer`), ready once its Prometheus endpoint reports the loop running."""
+    port = settings.consumer_metrics_port
+    if not port:
+        log.warning("CONSUMER_METRICS_PORT=0: the landing consumer is not started by eventpipe up")
+        return None
+    host = "127.0.0.1"
+    proc = ChildProcess(
+        name="landing consumer",
+        cmd=eventpipe_command("consumer", "--metrics-port", str(port), "--metrics-host", host),
+        host=host,
+        port=port,
+        log_path=logs / "consumer.log",
+        ready=lambda: _metrics_ready(f"http://{host}:{port}/metrics"),
+        timeout=120.0,
+    )
+    return child_component(proc, f"{settings.kafka_events_topic} -> {settings.lake_url}  metrics http://{host}:{port}/metrics")
+
+
+def _metrics_ready(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return b"eventpipe_landing_ready 1.0" in resp.read()
+    except OSError:
+        return False
+
+
 # Later components register here: name -> factory(settings, logs_dir) -> Component | None.
 COMPONENT_FACTORIES: list[Callable[[Settings, Path], Component | None]] = [
-    broker_component, chserver_component, dagster_component,  # Dagster stays last: it loads everything else
+    broker_component, chserver_component, consumer_component, dagster_component,  # Dagster stays last: it loads everything else
 ]
 
 
