@@ -12,8 +12,12 @@ import binascii
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from chserver.errors import AUTHENTICATION_FAILED, ClickHouseError
+
+if TYPE_CHECKING:
+    from eventpipe_core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -30,11 +34,8 @@ class Users:
         self._users = {u.name: u for u in users}
 
     @classmethod
-    def from_settings(cls, settings: object) -> Users:
+    def from_settings(cls, settings: Settings) -> Users:
         """The CLICKHOUSE_URL user (``default`` unless the URL names another) and the read-only user."""
-        from eventpipe_core.settings import Settings
-
-        assert isinstance(settings, Settings)
         target = settings.clickhouse
         users = [User(target.user, target.password, readonly=False)]
         if settings.clickhouse_readonly_user and settings.clickhouse_readonly_user != target.user:

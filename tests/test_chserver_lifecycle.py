@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -153,3 +154,20 @@ def test_eventpipe_up_serves_clickhouse(tmp_path: Path) -> None:
     assert proc.returncode == 0, "".join(lines) + out
     assert port_is_free("127.0.0.1", ch_port)
     assert (tmp_path / "clickhouse" / "chserver.lock").exists()
+
+
+def test_default_password_comes_from_clickhouse_url(tmp_path: Path) -> None:
+    port = free_port()
+    server = ChServer(
+        data_dir=tmp_path / "ch", port=port, extra_env={"CLICKHOUSE_URL": f"http://default:s3cr%40t@127.0.0.1:{port}/analytics"}
+    ).start()
+    try:
+        anonymous = urllib.request.Request(f"{server.url}/?query=SELECT+1")
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(anonymous, timeout=5)
+        assert exc.value.code == 403 and exc.value.headers["X-ClickHouse-Exception-Code"] == "516"
+        ch = clickhouse_connect.get_client(host=server.host, port=server.port, username="default", password="s3cr@t")
+        assert ch.command("SELECT currentDatabase() = 'default'") == 1
+        ch.close()
+    finally:
+        server.stop()
