@@ -1,0 +1,157 @@
+"""The landing parts on their own: decoding/partitioning, object names, the lake commit log,
+cleanup, and the flush step's conflict and ambiguous-commit paths."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from eventpipe_core.lake_catalog import CommitRecord, LandedObject, commit_key, iter_commit_records
+from eventpipe_core.lake_store import LocalLakeStore
+from eventpipe_core.settings import Settings
+from ingest_consumer.cleanup import delete_orphans
+from ingest_consumer.commit_log import ForeignLogError, PartitionLog
+from ingest_consumer.consumer import LandingConsumer
+from ingest_consumer.partitioner import new_attempt_id, object_key, parse_object_key
+from ingest_consumer.writer import BufferedRecord, decode_records
+from tests.ingest_support import BASE_MS, create_topics, envelope
+
+
+def _rec(offset: int, value: bytes | None) -> BufferedRecord:
+    return BufferedRecord(offset, b"k", value, 0)
+
+
+def test_decode_splits_by_event_hour_and_rejects_with_reasons() -> None:
+    huge = envelope(3).replace(b'"time"', b'"session_id":99999999999999999999,"time"')  # beyond int64
+    records = [_rec(i, envelope(i, hours=2, n=4)) for i in range(4)] + [
+        _rec(4, None), _rec(5, b"\xff\xfe"), _rec(6, b'{"v":1,"event":{"event_type":"x","time":1}}'), _rec(7, huge),
+    ]
+    out = decode_records(records, partition=2, chunk_rows=3)
+    assert sorted(out.hours) == [("2026-01-01", "00"), ("2026-01-01", "01")]
+    assert [h.rows for _, h in sorted(out.hours.items())] == [2, 2]
+    table = out.hours[("2026-01-01", "01")].table()
+    assert table.column("kafka_offset").to_pylist() == [2, 3] and set(table.column("kafka_partition").to_pylist()) == {2}
+    reasons = {r.record.offset: r.reason for r in out.rejected}
+    assert sorted(reasons) == [4, 5, 6, 7]
+    assert "tombstone" in reasons[4] and reasons[5].startswith("undecodable JSON")
+    assert "insert_id" in reasons[6] and "not representable" in reasons[7]
+
+
+def test_object_names_round_trip_and_foreign_names_are_ignored() -> None:
+    attempt = new_attempt_id(BASE_MS)
+    key = object_key("2026-01-01", "07", 3, 100, 250, attempt)
+    assert key.startswith("raw/events/event_date=2026-01-01/event_hour=07/p00003-o000000000100-000000000250-")
+    name = parse_object_key(key)
+    assert name is not None
+    assert (name.kafka_partition, name.start_offset, name.end_offset, name.written_ms) == (3, 100, 250, BASE_MS)
+    assert name.attempt_id == attempt
+    assert parse_object_key("raw/events/event_date=2026-01-01/event_hour=07/somebody-else.parquet") is None
+    assert parse_object_key("enriched/events/" + key.rsplit("/", 1)[1]) is None
+
+
+def _record(plog: PartitionLog, start: int, end: int, writer: str, attempt: str = "a") -> CommitRecord:
+    return CommitRecord("t", plog.kafka_partition, plog.next_seq, start, end, (), 0, writer, records=end - start,
+                        extra={"attempt": attempt})
+
+
+def test_commit_log_one_writer_wins_each_seq_and_the_loser_follows(tmp_path: Path) -> None:
+    lake = LocalLakeStore(tmp_path)
+    a, b = PartitionLog.load(lake, "t", 0), PartitionLog.load(lake, "t", 0)
+    assert (a.next_seq, a.end_offset) == (0, None)
+    assert a.try_commit(_record(a, 0, 10, "A"))
+    assert not b.try_commit(_record(b, 0, 12, "B"))  # same seq: refused
+    b.refresh()
+    assert (b.next_seq, b.end_offset) == (1, 10)
+    with pytest.raises(AssertionError):
+        b.try_commit(_record(b, 11, 20, "B"))  # must start exactly at the committed end
+    assert b.try_commit(_record(b, 10, 20, "B"))
+    assert not a.try_commit(_record(a, 10, 15, "A"))
+    assert (PartitionLog.load(lake, "t", 0).next_seq, PartitionLog.load(lake, "t", 0).end_offset) == (2, 20)
+    # ambiguous create: the stored record is ours only with our attempt id
+    c = PartitionLog.load(lake, "t", 0)
+    rec = _record(c, 20, 30, "C", attempt="x1")
+    assert c.resolve(rec) is None
+    assert lake.put_if_absent(rec.key, rec.to_json())
+    assert PartitionLog.load(lake, "t", 0).resolve(rec) is True
+    other = PartitionLog(lake, "t", 0, next_seq=2, end_offset=20)
+    assert other.resolve(_record(other, 20, 30, "C", attempt="x2")) is False
+    with pytest.raises(ForeignLogError):
+        PartitionLog.load(lake, "another-topic", 0)
+
+
+def test_cleanup_deletes_only_old_uncommitted_landing_objects(tmp_path: Path) -> None:
+    lake = LocalLakeStore(tmp_path)
+    now = int(time.time() * 1000)
+    old, young = now - 10_000_000, now - 1000
+    committed = object_key("2026-01-01", "00", 0, 0, 5, new_attempt_id(old))
+    orphan = object_key("2026-01-01", "00", 0, 0, 7, new_attempt_id(old))
+    fresh = object_key("2026-01-01", "00", 0, 5, 9, new_attempt_id(young))
+    foreign = "raw/events/event_date=2026-01-01/event_hour=00/manual.parquet"
+    for k in (committed, orphan, fresh, foreign):
+        lake.put(k, b"x")
+    rec = CommitRecord("t", 0, 0, 0, 5, (LandedObject(committed, "2026-01-01", "00", 5, 0, 1),), 0, "w", records=5)
+    lake.put_if_absent(rec.key, rec.to_json())
+    tmp = tmp_path / "raw/events/event_date=2026-01-01/event_hour=00/.p.parquet.abc.tmp"
+    tmp.write_bytes(b"partial")
+    os.utime(tmp, (time.time() - 7200, time.time() - 7200))
+    result = delete_orphans(lake, grace_s=3600)
+    assert (result.orphans_deleted, result.temp_files_deleted) == (1, 1)
+    assert not lake.exists(orphan) and not tmp.exists()
+    assert all(lake.exists(k) for k in (committed, fresh, foreign))
+
+
+class FlakyCommitLake(LocalLakeStore):
+    """Stores a commit record and then raises, once: the reply was lost (a timeout after the write)."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
+        self.fail_next = True
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        stored = super().put_if_absent(key, data)
+        if self.fail_next and "_commits/" in key:
+            self.fail_next = False
+            raise ConnectionError("reply lost")
+        return stored
+
+
+@pytest.fixture()
+def landing(settings: Settings, tmp_path: Path):  # noqa: ANN201
+    topic, dlq = create_topics(settings, partitions=1)
+    s = settings.model_copy(update={"kafka_events_topic": topic, "kafka_dlq_topic": dlq, "consumer_assign_partitions": "0",
+                                    "kafka_consumer_group": f"g-{topic}"})
+    consumer = LandingConsumer(s, lake=FlakyCommitLake(tmp_path / "lake"))
+    consumer._connect()
+    consumer._init_pending()
+    yield consumer
+    consumer._close()
+
+
+def test_flush_resolves_an_ambiguous_commit_as_its_own(landing: LandingConsumer) -> None:
+    state = landing.parts[0]
+    for i in range(10):
+        state.add(_rec(i, envelope(i)))
+    assert landing._flush(state)
+    records = list(iter_commit_records(landing.lake))
+    assert [(r.seq, r.start_offset, r.end_offset, r.writer_id) for r in records] == [(0, 0, 10, landing.writer_id)]
+    assert all(landing.lake.exists(o.key) for o in records[0].objects)
+    assert landing.metrics.lake_retries.labels("commit")._value.get() == 1
+    assert (state.expected, state.buffer, state.log.next_seq) == (10, [], 1)
+
+
+def test_flush_that_loses_its_seq_deletes_its_objects_and_resumes_at_the_winner(landing: LandingConsumer) -> None:
+    lake = landing.lake
+    lake.fail_next = False
+    winner = CommitRecord(landing.topic, 0, 0, 0, 4, (), 0, "other-writer", records=4)
+    assert lake.put_if_absent(commit_key(0, 0), winner.to_json())
+    state = landing.parts[0]  # positioned before the other writer committed: still believes seq 0
+    assert state.log.next_seq == 0
+    for i in range(10):
+        state.add(_rec(i, envelope(i)))
+    assert not landing._flush(state)
+    assert (state.expected, state.buffer, state.log.next_seq, state.log.end_offset) == (4, [], 1, 4)
+    assert not [k for k in lake.list("raw/events/") if parse_object_key(k)]  # the losing attempt's objects are gone
+    assert landing.metrics.commit_conflicts._value.get() == 1
