@@ -66,7 +66,8 @@ def describe(defs: dg.Definitions) -> dict[str, Any]:
             "backfill_policy": str(node.backfill_policy) if node.backfill_policy else None,
             "code_version": spec.code_version,
             "checks": sorted(
-                f"{k.name} blocking={graph.get_check_spec(k).blocking}" for k in graph.asset_check_keys if k.asset_key == spec.key
+                f"{k.name} blocking={graph.get_check_spec(k).blocking} partitions={graph.get_check_spec(k).partitions_def}"
+                for k in graph.asset_check_keys if k.asset_key == spec.key
             ),
         }
     return {

@@ -19,7 +19,7 @@ from tests.orchestration_support import (  # noqa: F401 - orch_fixture provides 
 
 
 def tick(orch: Env, cursor: str | None) -> dg.SensorResult:
-    sensor = orch.defs.get_sensor_def("landing_commits_sensor")
+    sensor = orch.defs.resolve_sensor_def("landing_commits_sensor")
     context = dg.build_sensor_context(instance=orch.instance, cursor=cursor, resources=orch.defs.resources)
     result = sensor(context)
     assert isinstance(result, dg.SensorResult)

@@ -7,16 +7,25 @@ import pyarrow as pa
 from eventpipe_core.settings import Settings
 from orchestration.lake.assets import ENRICHED_EVENTS
 from orchestration.lake.io import hours_between, read_enriched_table
+from orchestration.partitions import accepted_beta_apis, hourly_partitions
 from orchestration.quality.suites import SUITE_NAME, validate_enriched
 from orchestration.resources import LakeResource
 
 
 def build_enriched_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
+    """Partitioned like the asset: each hour has its own check status, so one bad hour blocks only
+    its own load (automation's ``all_deps_blocking_checks_passed`` is evaluated per hour)."""
+    with accepted_beta_apis():
+        return _build(hourly_partitions(settings))
+
+
+def _build(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition]:
 
     @dg.asset_check(
         asset=ENRICHED_EVENTS,
         name="gx_enriched_hour",
         blocking=True,
+        partitions_def=partitions,
         description="great-expectations suite: ids present, insert_id unique, event_time inside the partition, "
         "session_id set, column types, Arrow schema == analytics.events contract.",
     )
@@ -45,6 +54,7 @@ def build_enriched_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
     @dg.asset_check(
         asset=ENRICHED_EVENTS,
         name="tracking_plan_violations",
+        partitions_def=partitions,
         description="Counts tracking-plan violations recorded by the collector (warns, does not block).",
     )
     def tracking_plan_violations(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
