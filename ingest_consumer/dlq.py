@@ -9,6 +9,7 @@ twice), so everything reading them dedupes by source coordinates.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -166,8 +167,10 @@ class DlqSummary:
 
 
 def reason_class(reason: str) -> str:
-    """Group reasons for counting: the text before the first ':'."""
-    return reason.split(":", 1)[0].strip() or reason
+    """Group reasons for counting (and metric labels, so bounded): the text before any ':' or quoted
+    value, without trailing numbers."""
+    head = re.split(r"[:'\"]", reason, maxsplit=1)[0]
+    return re.sub(r"[\s\d.-]+$", "", head)[:60].strip() or "other"
 
 
 def dedupe(reader: Iterator[tuple[Any, DeadLetter | None]]) -> tuple[list[DeadLetter], DlqSummary]:
