@@ -1,0 +1,92 @@
+"""analytics.events DDL: the column contract, TTL from settings, the ON CLUSTER layout, idempotent hour swap."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import clickhouse_connect
+import pyarrow as pa
+import pytest
+
+from eventpipe_core.event_model import RAW_EVENT_SCHEMA
+from eventpipe_core.settings import load_settings
+from orchestration.clickhouse.load import load_hour
+from orchestration.clickhouse.schema import EVENT_COLUMNS, SchemaPlan, ensure_schema
+from orchestration.enrichment.rules import ENRICHED_COLUMNS, enrich_hour, to_parquet_bytes
+from tests.chserver_support import ChServer
+from tests.orchestration_support import raw_row
+
+CONTRACT = (
+    "event_time DateTime64(3, 'UTC'), event_hour DateTime('UTC'), event_date Date, insert_id String, "
+    "event_type LowCardinality(String), project LowCardinality(String), user_id Nullable(String), "
+    "device_id Nullable(String), resolved_user_id Nullable(String), actor_id String, session_id Int64, "
+    "event_id Nullable(Int64), event_properties String, user_properties String, groups String, group_properties String, "
+    "app_version String, platform String, os_name String, os_version String, device_brand String, "
+    "device_manufacturer String, device_model String, carrier String, language String, country String, region String, "
+    "city String, dma String, location_lat Nullable(Float64), location_lng Nullable(Float64), ip String, ua_browser String, "
+    "ua_browser_version String, ua_os String, ua_device String, is_bot UInt8, bot_reason String, price Nullable(Float64), "
+    "quantity Nullable(Int64), revenue Nullable(Float64), product_id String, revenue_type String, library String, "
+    "user_agent String, received_at DateTime64(3, 'UTC'), client_ip String, upload_id String, plan_violations String, "
+    "kafka_partition Int32, kafka_offset Int64, ingested_at DateTime64(3, 'UTC')"
+)
+
+
+@pytest.fixture
+def database(chserver: ChServer) -> Iterator[tuple[str, object]]:
+    name = f"t_{uuid.uuid4().hex[:10]}"
+    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="")
+    yield name, client
+    client.command(f"DROP DATABASE IF EXISTS {name}")
+
+
+def test_events_table_matches_the_contract_and_ttl_follows_settings(chserver: ChServer, database) -> None:  # noqa: ANN001
+    name, client = database
+    url = chserver.clickhouse_url.rsplit("/", 1)[0] + f"/{name}"
+    ensure_schema(client, load_settings(clickhouse_url=url, clickhouse_ttl_days=90))
+    ensure_schema(client, load_settings(clickhouse_url=url, clickhouse_ttl_days=90))  # idempotent
+    described = client.query(f"DESCRIBE TABLE {name}.events").result_rows
+    assert ", ".join(f"{r[0]} {r[1]}" for r in described) == CONTRACT
+    assert tuple(n for n, _ in EVENT_COLUMNS) == ENRICHED_COLUMNS
+    ddl = client.command(f"SELECT engine_full FROM system.tables WHERE database = '{name}' AND name = 'events'")
+    assert "ReplacingMergeTree(ingested_at)" in ddl and "PARTITION BY event_hour" in ddl and "toIntervalDay(90)" in ddl
+    ensure_schema(client, load_settings(clickhouse_url=url, clickhouse_ttl_days=30))
+    ddl = client.command(f"SELECT engine_full FROM system.tables WHERE database = '{name}' AND name = 'events'")
+    assert "toIntervalDay(30)" in ddl
+    cols = client.query(f"DESCRIBE TABLE {name}.identity_map").result_rows
+    assert [(r[0], r[1]) for r in cols] == [("device_id", "String"), ("user_id", "String"),
+                                             ("first_seen", "DateTime64(3, 'UTC')")]
+
+
+def test_hour_swap_replaces_and_empty_hour_clears(chserver: ChServer, database) -> None:  # noqa: ANN001
+    name, client = database
+    settings = load_settings(clickhouse_url=chserver.clickhouse_url.rsplit("/", 1)[0] + f"/{name}")
+    plan = ensure_schema(client, settings)
+    hour = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    other = datetime(2026, 3, 1, 11, tzinfo=UTC)
+    def parquet(ids: list[str], h: datetime) -> tuple[bytes, int]:
+        table = enrich_hour(pa.Table.from_pylist([raw_row(i, h) for i in ids], schema=RAW_EVENT_SCHEMA), hour_start=h).table
+        return to_parquet_bytes(table), table.num_rows
+
+    assert load_hour(client, plan, other, *parquet(["x"], other)) == 1
+    assert load_hour(client, plan, hour, *parquet(["a", "b", "c"], hour)) == 3
+    assert load_hour(client, plan, hour, *parquet(["a", "b"], hour)) == 2  # replaced, not appended
+    assert load_hour(client, plan, hour, *parquet([], hour)) == 0  # an hour that became empty is cleared
+    assert client.command(f"SELECT count() FROM {name}.events") == 1  # the other hour untouched
+
+
+def test_cluster_layout_ddl() -> None:
+    plan = SchemaPlan(database="analytics", cluster="main", ttl_days=30)
+    sql = "\n".join(plan.statements())
+    assert "CREATE DATABASE IF NOT EXISTS `analytics` ON CLUSTER `main`" in sql
+    assert "CREATE TABLE IF NOT EXISTS `analytics`.`events_local` ON CLUSTER `main`" in sql
+    assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/analytics/events_local', '{replica}', ingested_at)" in sql
+    assert "ENGINE = Distributed('main', 'analytics', 'events_local', cityHash64(actor_id))" in sql
+    assert "ENGINE = Distributed('main', 'analytics', 'identity_map_local', cityHash64(device_id))" in sql
+    assert plan.data_table == "`analytics`.events_local" and plan.events_table == "`analytics`.events"
+    insert_into, ddl, local = plan.staging_statements("2026030110_ab")
+    assert insert_into.endswith("_dist`") and local == "`analytics`.`events__stage_2026030110_ab`"
+    assert all("ON CLUSTER `main`" in d for d in ddl) and "TTL" not in ddl[0]
+    single = SchemaPlan(database="analytics", cluster=None, ttl_days=90)
+    assert "ON CLUSTER" not in "\n".join(single.statements()) and "Distributed" not in "\n".join(single.statements())
