@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import clickhouse_connect
+import pandas as pd
 import pyarrow as pa
 import pytest
 
 from eventpipe_core.event_model import RAW_EVENT_SCHEMA
 from eventpipe_core.settings import load_settings
-from orchestration.clickhouse.load import load_hour
+from orchestration.clickhouse.load import load_hour, read_identity_map, write_identities
 from orchestration.clickhouse.schema import EVENT_COLUMNS, SchemaPlan, ensure_schema
 from orchestration.enrichment.rules import ENRICHED_COLUMNS, enrich_hour, to_parquet_bytes
 from tests.chserver_support import ChServer
@@ -90,3 +91,20 @@ def test_cluster_layout_ddl() -> None:
     assert all("ON CLUSTER `main`" in d for d in ddl) and "TTL" not in ddl[0]
     single = SchemaPlan(database="analytics", cluster=None, ttl_days=90)
     assert "ON CLUSTER" not in "\n".join(single.statements()) and "Distributed" not in "\n".join(single.statements())
+
+
+def test_identity_map_earliest_user_wins_and_chunked_reads(chserver: ChServer, database) -> None:  # noqa: ANN001
+    name, client = database
+    plan = ensure_schema(client, load_settings(clickhouse_url=chserver.clickhouse_url.rsplit("/", 1)[0] + f"/{name}"))
+    t0 = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    learned = pd.DataFrame({
+        "device_id": [f"dev-{i}" for i in range(5)] + ["dev-0"],
+        "user_id": [f"user-{i}" for i in range(5)] + ["late-user"],
+        "first_seen": [t0] * 5 + [t0 + timedelta(hours=1)],
+    })
+    assert write_identities(client, plan, learned) == 6
+    assert write_identities(client, plan, learned) == 6  # re-run of the same hour: harmless
+    expected = {f"dev-{i}": f"user-{i}" for i in range(5)}
+    assert read_identity_map(client, plan, [f"dev-{i}" for i in range(5)] + ["dev-unknown"], chunk=2) == expected
+    assert read_identity_map(client, plan) == expected
+    assert read_identity_map(client, plan, []) == {}

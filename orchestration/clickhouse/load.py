@@ -69,21 +69,22 @@ def hour_row_count(client, plan: SchemaPlan, hour_start: datetime) -> int:  # no
     )
 
 
-def read_identity_map(client, plan: SchemaPlan, device_ids: list[str] | None = None) -> dict[str, str]:  # noqa: ANN001
-    """device -> user: the earliest-seen user of each device (ties by user_id)."""
-    where = ""
-    params: dict[str, object] = {}
-    if device_ids is not None:
-        if not device_ids:
-            return {}
-        where = "WHERE device_id IN {ids:Array(String)}"
-        params["ids"] = sorted(set(device_ids))
-    rows = client.query(
-        f"SELECT device_id, argMin(user_id, (first_seen, user_id)) FROM {quote(plan.database)}.identity_map "
-        f"{where} GROUP BY device_id",
-        parameters=params,
-    ).result_rows
-    return {str(d): str(u) for d, u in rows}
+def read_identity_map(client, plan: SchemaPlan, device_ids: list[str] | None = None,  # noqa: ANN001
+                      chunk: int = 2000) -> dict[str, str]:
+    """device -> user: the earliest-seen user of each device (ties by user_id).
+
+    With ``device_ids``, only those devices, asked in chunks (query parameters travel in the URL)."""
+    sql = (f"SELECT device_id, argMin(user_id, (first_seen, user_id)) FROM {quote(plan.database)}.identity_map "
+           "{where} GROUP BY device_id")
+    if device_ids is None:
+        return {str(d): str(u) for d, u in client.query(sql.format(where="")).result_rows}
+    ids = sorted(set(device_ids))
+    out: dict[str, str] = {}
+    for i in range(0, len(ids), chunk):
+        rows = client.query(sql.format(where="WHERE device_id IN {ids:Array(String)}"),
+                            parameters={"ids": ids[i : i + chunk]}).result_rows
+        out.update((str(d), str(u)) for d, u in rows)
+    return out
 
 
 def write_identities(client, plan: SchemaPlan, learned: pd.DataFrame) -> int:  # noqa: ANN001
