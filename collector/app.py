@@ -336,6 +336,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(collector.store.ensure_schema)
+        collector.producer.start()
         try:
             yield
         finally:

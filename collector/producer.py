@@ -117,6 +117,10 @@ class EventProducer:
                 self._creator = threading.Thread(target=self._create, name="collector-kafka-connect", daemon=True)
                 self._creator.start()
 
+    def start(self) -> None:
+        """Begin connecting to Kafka in the background (the app does this at startup)."""
+        self._start_creating()
+
     def _wait_producer(self, deadline: float) -> Any:
         self._start_creating()
         if not self._created.wait(max(0.0, deadline - time.monotonic())):
@@ -167,7 +171,7 @@ class EventProducer:
             except OSError:
                 continue
             self._start_creating()
-            return self._created.is_set() and bool(self._producer.partitions_for(self.topic))
+            return self._created.wait(2.0) and bool(self._producer.partitions_for(self.topic))
         return False
 
     async def ready(self, timeout_s: float = 3.0) -> bool:

@@ -147,6 +147,21 @@ def dagster_component(settings: Settings, logs: Path) -> Component | None:
     return child_component(proc, f"http://{host}:{port}  DAGSTER_HOME {settings.dagster_home}")
 
 
+def collector_component(settings: Settings, logs: Path) -> Component | None:
+    """The ingestion API (`eventpipe collector`), ready when /healthz answers."""
+    host, port = settings.collector_host, settings.collector_port
+    proc = ChildProcess(
+        name="collector",
+        cmd=eventpipe_command("collector", "--host", host, "--port", str(port)),
+        host=host,
+        port=port,
+        log_path=logs / "collector.log",
+        ready=lambda: _http_ok(f"http://{host}:{port}/healthz"),
+        timeout=120.0,
+    )
+    return child_component(proc, f"http://{host}:{port}/2/httpapi  (also /batch, /track, /metrics)")
+
+
 def consumer_component(settings: Settings, logs: Path) -> Component | None:
     """The landing consumer (`eventpipe consumer`), ready once its Prometheus endpoint reports the loop running."""
     port = settings.consumer_metrics_port
@@ -178,7 +193,8 @@ def _metrics_ready(url: str) -> bool:
 
 # Later components register here: name -> factory(settings, logs_dir) -> Component | None.
 COMPONENT_FACTORIES: list[Callable[[Settings, Path], Component | None]] = [
-    broker_component, chserver_component, consumer_component, dagster_component,  # Dagster stays last: it loads everything else
+    broker_component, chserver_component, collector_component, consumer_component,
+    dagster_component,  # Dagster stays last: it loads everything else
 ]
 
 
