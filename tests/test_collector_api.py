@@ -140,7 +140,7 @@ def test_health_ready_and_metrics(api, collector_store: MetadataStore) -> None:
     accepted = [ln for ln in text.splitlines() if ln.startswith('eventpipe_collector_events_accepted_total{endpoint="httpapi"}')]
     assert accepted and float(accepted[0].split()[-1]) >= 2
     assert "eventpipe_collector_produce_latency_seconds_count" in text
-    assert "eventpipe_collector_events_throttled_total" in text or "eventpipe_collector_events_throttled" in text
+    assert "# TYPE eventpipe_collector_events_throttled_total counter" in text
 
 
 def test_unknown_path_and_method_answer_json(api) -> None:
