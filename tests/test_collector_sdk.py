@@ -184,15 +184,26 @@ def test_sdk_reschedules_throttled_events_and_resends_the_others(
     assert sorted(env["event"]["user_id"] for _, env in found) == ["cold-user-1", "hot-user-1", "hot-user-2"]
 
 
-def test_sdk_reports_invalid_api_key(api, caplog: pytest.LogCaptureFixture) -> None:
+class Captured(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_sdk_reports_invalid_api_key(api) -> None:
     rec = Recorder()
-    client = sdk_client(f"{api.url}/2/httpapi", uuid.uuid4().hex, rec)
+    captured = Captured()
+    logger = logging.getLogger(f"amplitude-test-{uuid.uuid4().hex[:6]}")
+    logger.addHandler(captured)
+    client = sdk_client(f"{api.url}/2/httpapi", uuid.uuid4().hex, rec, logger=logger)
     try:
-        with caplog.at_level(logging.ERROR, logger="amplitude"):
-            client.track(BaseEvent("x", user_id="some-user"))
-            flush(client)
+        client.track(BaseEvent("x", user_id="some-user"))
+        flush(client)
     finally:
         client.shutdown()
     # The SDK recognises our answer as Amplitude's ("Invalid API key: …" -> InvalidAPIKeyError).
-    assert any("Invalid API Key" in r.getMessage() for r in caplog.records)
+    assert "Invalid API Key" in captured.messages
     assert rec.calls == []
