@@ -8,6 +8,12 @@ Why connections are handled the way they are (verified with chdb 4.4):
   changed anything (URL settings, ``database``, read-only mode, a SET/USE/temporary-table statement)
   is closed after that request instead of going back to the idle pool. Opening a connection costs
   ~0.2 ms, so this is cheaper than resetting and can never leak state into another request;
+* requests carrying ``session_id`` get ClickHouse's HTTP-session semantics instead: one connection
+  per (user, session_id), kept between requests, so SET, USE and temporary tables persist within the
+  session (dbt-clickhouse relies on temporary tables, e.g. for unit tests). A session serves one
+  request at a time (a concurrent one gets SESSION_IS_LOCKED) and closes after ``session_timeout``
+  seconds (default 60) without requests. Inside a session, URL settings and ``database`` apply to
+  the session from then on (a simplification of ClickHouse, where they are per query);
 * chDB releases the GIL while a query runs, so a long query in a worker thread does not stall the
   event loop that answers ``/ping``.
 
@@ -95,6 +101,22 @@ class QueryRequest:
     params: dict[str, str] = field(default_factory=dict)
     readonly: int = 0  # 0 = read-write, 2 = reads + settings, 1 = reads only
     restricted_functions: bool = False  # refuse file/url/remote/… table functions (read-only users)
+    session_id: str | None = None
+    session_timeout: int = 60
+    session_check: bool = False  # the session must already exist
+
+
+@dataclass
+class Session:
+    """A connection kept for one (user, session_id) between requests."""
+
+    conn: Any
+    timeout: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last_used: float = field(default_factory=time.monotonic)
+
+    def expired(self, now: float) -> bool:
+        return now - self.last_used > self.timeout
 
 
 @dataclass
@@ -140,6 +162,8 @@ class Engine:
         self.executor = ThreadPoolExecutor(max_workers=max_concurrent_queries, thread_name_prefix="chdb")
         self._idle: list[Any] = []
         self._idle_lock = threading.Lock()
+        self._sessions: dict[tuple[str, str], Session] = {}
+        self._sessions_lock = threading.Lock()
         self._closed = False
 
     # --- helpers -----------------------------------------------------------------------------------
@@ -166,6 +190,33 @@ class Engine:
             conn.close()
         except Exception:  # noqa: BLE001 - a connection that fails to close is dropped anyway
             log.debug("closing a chDB connection failed", exc_info=True)
+
+    def _session(self, req: QueryRequest) -> Session:
+        """The request's session, created on first use; expired sessions are closed here."""
+        assert req.session_id is not None
+        from chserver.errors import SESSION_IS_LOCKED, SESSION_NOT_FOUND
+
+        now = time.monotonic()
+        key = (req.user, req.session_id)
+        with self._sessions_lock:
+            for k, old in list(self._sessions.items()):
+                if k != key and old.expired(now) and old.lock.acquire(blocking=False):
+                    del self._sessions[k]
+                    self._release(old.conn, reusable=False)
+            session = self._sessions.get(key)
+            if session is not None and session.expired(now) and session.lock.acquire(blocking=False):
+                del self._sessions[key]
+                self._release(session.conn, reusable=False)
+                session = None
+            if session is None:
+                if req.session_check:
+                    raise ClickHouseError(SESSION_NOT_FOUND, f"Session {req.session_id} not found")
+                session = Session(conn=chdb.connect(self._path), timeout=req.session_timeout)
+                self._sessions[key] = session
+        if not session.lock.acquire(blocking=False):
+            raise ClickHouseError(SESSION_IS_LOCKED, f"Session {req.session_id} is locked by a concurrent client.")
+        session.timeout = req.session_timeout
+        return session
 
     # --- the request path --------------------------------------------------------------------------
     def analyze(self, raw: bytes) -> Statement:
@@ -212,7 +263,8 @@ class Engine:
             prelude.append(f"USE {_ident(req.database)}")
         changes_state = bool(prelude) or stmt.kind in ("SET", "USE") or stmt.temporary
 
-        conn = self._acquire()
+        session = self._session(req) if req.session_id else None
+        conn = session.conn if session is not None else self._acquire()
         reusable = False
         t0 = time.perf_counter()
         try:
@@ -232,7 +284,11 @@ class Engine:
                 raise ClickHouseError(BAD_ARGUMENTS, f"The query is not valid UTF-8: {exc}") from None
             raise ClickHouseError.from_engine(exc) from None
         finally:
-            self._release(conn, reusable)
+            if session is not None:
+                session.last_used = time.monotonic()
+                session.lock.release()
+            else:
+                self._release(conn, reusable)
 
     def _query(self, conn: Any, req: QueryRequest, out_format: str) -> QueryResult:
         sql = req.raw.decode("utf-8")
@@ -284,6 +340,9 @@ class Engine:
         self.executor.shutdown(wait=True)
         with self._idle_lock:
             idle, self._idle = self._idle, []
+        with self._sessions_lock:
+            idle.extend(session.conn for session in self._sessions.values())
+            self._sessions.clear()
         for conn in idle:
             try:
                 conn.close()

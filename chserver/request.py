@@ -73,4 +73,15 @@ def build_query_request(
         params=bind,
         readonly=readonly,
         restricted_functions=user.readonly,
+        session_id=params.get("session_id") or None,
+        session_timeout=_session_timeout(params.get("session_timeout")),
+        session_check=params.get("session_check", "0") in _TRUE,
     )
+
+
+def _session_timeout(value: str | None) -> int:
+    if value is None or value == "":
+        return 60
+    if not value.isdigit() or not 0 < int(value) <= 3600:
+        raise ClickHouseError(BAD_ARGUMENTS, f"Invalid session timeout: {value!r} (1..3600 seconds)")
+    return int(value)

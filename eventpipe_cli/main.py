@@ -45,20 +45,25 @@ def up() -> None:
     stack = Stack(settings)
     console.print(f"[bold]eventpipe up[/bold] — state in {settings.eventpipe_home}, logs in {stack.logs}")
     try:
-        stack.start(echo=console.print)
-    except PortInUseError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
-    except Exception as exc:  # noqa: BLE001 - report and exit non-zero
-        err.print(f"[red]error:[/red] the stack failed to start: {exc}")
-        raise typer.Exit(1) from None
-    console.print("[green]stack is up[/green] — press Ctrl-C to stop")
-    try:
+        try:
+            stack.start(echo=console.print)
+        except PortInUseError as exc:
+            err.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - report and exit non-zero
+            err.print(f"[red]error:[/red] the stack failed to start: {exc}")
+            raise typer.Exit(1) from None
+        console.print("[green]stack is up[/green] — press Ctrl-C to stop")
         stack.wait(echo=console.print)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C while starting or running: stop what runs, exit 0
     finally:
-        console.print("stopping …")
-        stack.stop(echo=console.print)
-        console.print("[green]stopped cleanly[/green]")
+        if stack.started:
+            console.print("stopping …")
+            stack.stop(echo=console.print)
+            console.print("[green]stopped cleanly[/green]")
 
 
 @app.command()

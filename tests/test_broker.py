@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import uuid
 import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 
-from embedded.broker import EmbeddedBroker, PortInUseError, ensure_topics, free_port
+from embedded.broker import EmbeddedBroker, PortInUseError, ensure_topics
 from eventpipe_core.kafka_clients import admin_config, consumer_config, producer_config
 from eventpipe_core.settings import Settings
 
@@ -70,28 +69,36 @@ def test_second_broker_on_taken_port_refuses(kafka_broker: EmbeddedBroker) -> No
 
 
 def test_up_refuses_taken_port_and_stops_cleanly_on_sigint(kafka_broker: EmbeddedBroker, tmp_path) -> None:
-    base = {"PATH": os.environ.get("PATH", ""), "EVENTPIPE_HOME": str(tmp_path)}
-    cmd = [sys.executable, "-m", "eventpipe_cli.main", "up"]
+    from tests.stack_support import up_env
 
-    taken = subprocess.run(cmd, env=base | {"KAFKA_BOOTSTRAP_SERVERS": kafka_broker.bootstrap},
+    cmd = [sys.executable, "-m", "eventpipe_cli.main", "up"]
+    taken = subprocess.run(cmd, env=up_env(tmp_path / "a", KAFKA_BOOTSTRAP_SERVERS=kafka_broker.bootstrap),
                            capture_output=True, text=True, timeout=60)
     assert taken.returncode == 1
     assert "already in use" in taken.stderr
+    assert not (tmp_path / "a" / "clickhouse").exists(), "nothing started before the port check"
 
-    port = free_port()
-    proc = subprocess.Popen(cmd, env=base | {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = up_env(tmp_path / "b")
+    port = int(env["KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1])
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
         lines.append(line)
-        if "stack is up" in line:
+        if "stack is up" in line or "error" in line:
             break
-    assert any("kafka://127.0.0.1:" in line for line in lines), lines
+    assert any(f"kafka://127.0.0.1:{port}" in line for line in lines), lines
+    # the broker is really up and has its topics
+    admin = KafkaAdminClient(bootstrap_servers=[f"127.0.0.1:{port}"])
+    assert {"events", "events.dlq"} <= set(admin.list_topics())
+    admin.close()
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, "".join(lines) + out
     assert "stopped cleanly" in out
     from embedded.broker import port_is_free
 
-    assert port_is_free("127.0.0.1", port)
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_URL", "COLLECTOR_PORT", "DAGSTER_PORT"):
+        value = env[name]
+        p = int(value.rsplit(":", 1)[1].split("/")[0]) if ":" in value else int(value)
+        assert port_is_free("127.0.0.1", p), f"{name} port still taken after Ctrl-C"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -125,13 +124,10 @@ def test_sigterm_during_inserts_loses_nothing_acknowledged(tmp_path: Path) -> No
 
 @pytest.mark.timeout(420)
 def test_eventpipe_up_serves_clickhouse(tmp_path: Path) -> None:
-    ch_port, kafka_port = free_port(), free_port()
-    env = dict(os.environ)
-    env.update(
-        EVENTPIPE_HOME=str(tmp_path),
-        KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{kafka_port}",
-        CLICKHOUSE_URL=f"http://default:@127.0.0.1:{ch_port}/analytics",
-    )
+    from tests.stack_support import up_env
+
+    ch_port = free_port()
+    env = up_env(tmp_path, CLICKHOUSE_URL=f"http://default:@127.0.0.1:{ch_port}/analytics")
     proc = subprocess.Popen(
         [sys.executable, "-m", "eventpipe_cli.main", "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -143,9 +139,6 @@ def test_eventpipe_up_serves_clickhouse(tmp_path: Path) -> None:
             if "stack is up" in line or "error" in line:
                 break
         assert any("chserver" in line and f":{ch_port}" in line for line in lines), lines
-        # `up` prints "stack is up" just before its try/finally that waits for Ctrl-C: a SIGINT sent in
-        # between would skip the clean-up, so give it a moment to get there.
-        time.sleep(1.0)
         with urllib.request.urlopen(f"http://127.0.0.1:{ch_port}/?query=SELECT+version()", timeout=10) as resp:
             version = resp.read().decode().strip()
         assert version.count(".") >= 2 and version[0].isdigit()

@@ -50,7 +50,7 @@ per_step as (
         s.step_index as step_index,
         s.step_event as step_event,
         countIf(p.level >= s.step_index) as users,
-        medianExactIf((p.step_ms[s.step_index] - p.entry_ms) / 1000.0, p.level >= s.step_index) as median_seconds_from_entry
+        quantileExactInclusiveIf(0.5)((p.step_ms[s.step_index] - p.entry_ms) / 1000.0, p.level >= s.step_index) as median_seconds_from_entry
     from paths as p
     inner join steps as s on s.funnel_name = p.funnel_name
     group by funnel_name, project, entry_date, step_index, step_event
