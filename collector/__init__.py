@@ -52,7 +52,8 @@ Rate limits (token buckets, :mod:`collector.ratelimit`)
       if any device or user of the request is over, the answer is 429 listing the throttled
       devices/users (with their rate over the window, this request included) and the indexes of
       their events, and nothing of the request is produced nor charged, so the SDK's retry of the
-      other events right away and of the throttled ones after 30 s is counted once;
+      other events right away and of the throttled ones after 30 s is counted once; a request
+      answered 503 is refunded for the same reason;
     * per API key: ``COLLECTOR_KEY_RPS`` (100) requests/s over the same window; over it, 429 with
       every event index in ``throttled_events`` (SDKs back off 30 s).
     Limits are kept per collector process: with ``--workers N`` each worker enforces them on the

@@ -196,7 +196,7 @@ class Collector:
             raise errors.rejection()
 
         violations = await self.check_plan(project, events)
-        self.throttle(endpoint, events)
+        limits, demand = self.throttle(endpoint, events)
 
         upload_id = str(uuid.uuid4())
         records = [
@@ -216,6 +216,7 @@ class Collector:
             await self.producer.produce(records)
         except ProduceError as exc:
             log.warning("answering 503: %s", exc)
+            limits.refund(demand)  # the client will send these events again
             raise v.error(503, v.ERR_UNAVAILABLE, "kafka_unavailable") from None
         self.metrics.produce_latency.observe(time.perf_counter() - t0)
         self.metrics.events_accepted.labels(endpoint.name).inc(n)
@@ -255,8 +256,11 @@ class Collector:
                 )
         return violations
 
-    def throttle(self, endpoint: Endpoint, events: list[dict[str, Any]]) -> None:
-        """Per-device and per-user event rate; 429 in Amplitude's shape if any is over."""
+    def throttle(
+        self, endpoint: Endpoint, events: list[dict[str, Any]],
+    ) -> tuple[TokenBuckets, dict[tuple[str, str], int]]:
+        """Per-device and per-user event rate; 429 in Amplitude's shape if any is over. Returns
+        what was charged, so a request that then fails can be refunded."""
         limits = self.batch_limits if endpoint.batch_limits else self.v2_limits
         demand: dict[tuple[str, str], int] = {}
         for event in events:
@@ -266,7 +270,7 @@ class Collector:
                     demand[(kind, value)] = demand.get((kind, value), 0) + 1
         over = limits.acquire(demand)
         if not over:
-            return
+            return limits, demand
         devices = {k[1]: rate for k, rate in over.items() if k[0] == "device_id"}
         users = {k[1]: rate for k, rate in over.items() if k[0] == "user_id"}
         throttled = [

@@ -61,6 +61,13 @@ class TokenBuckets:
             self._prune(now)
         return {}
 
+    def refund(self, demands: Mapping[Hashable, int]) -> None:
+        """Give back what :meth:`acquire` charged for a request that was then not accepted (503)."""
+        now = self.clock()
+        for key, n in demands.items():
+            if key in self._buckets:
+                self._buckets[key] = (min(self.capacity, self._tokens(key, now) + n), now)
+
     def _prune(self, now: float) -> None:
         """Forget buckets that have refilled completely (identical to a new bucket)."""
         full = [k for k, (tokens, last) in self._buckets.items() if tokens + (now - last) * self.rate >= self.capacity]

@@ -51,7 +51,10 @@ def test_kafka_down_503_and_recovery(settings: Settings, collector_store: Metada
         host="127.0.0.1", port=free_port(), storage_url=f"s3://{bucket}/", log_path=tmp_path / "broker.log",
         s3_endpoint=s3_server, aws_access_key_id="testing", aws_secret_access_key="testing",
     )
-    cfg = collector_settings(settings, kafka_bootstrap_servers=broker.bootstrap, collector_produce_timeout_s=3)
+    # Each device may send 3 events per 300 s: only the 2 accepted requests may count against it —
+    # requests answered 503 are refunded (without that, the retries here would be answered 429).
+    cfg = collector_settings(settings, kafka_bootstrap_servers=broker.bootstrap, collector_produce_timeout_s=3,
+                             collector_v2_eps=0.01, collector_eps_window_s=300)
     project, key = new_project(collector_store, "down")
     accepted: list[str] = []  # markers of requests answered 200
     refused: list[str] = []  # markers of requests answered 503

@@ -37,6 +37,17 @@ def test_token_buckets_all_or_nothing_and_refill() -> None:
     assert buckets.acquire({"a": 1}) != {}
 
 
+def test_token_buckets_refund() -> None:
+    clock = FakeClock()
+    buckets = TokenBuckets(rate=1, window_s=10, clock=clock)
+    assert buckets.acquire({"a": 10}) == {}
+    buckets.refund({"a": 4, "unknown": 3})
+    assert buckets.acquire({"a": 4}) == {}
+    assert buckets.acquire({"a": 1}) == {"a": 2}
+    buckets.refund({"a": 100})  # never above one window's worth
+    assert buckets.acquire({"a": 11}) != {}
+
+
 def test_token_buckets_forget_idle_keys() -> None:
     clock = FakeClock()
     buckets = TokenBuckets(rate=1, window_s=1, max_keys=100, clock=clock)
