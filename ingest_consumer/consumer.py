@@ -168,7 +168,7 @@ class LandingConsumer:
                 self._poll_once()
                 self._flush_due()
                 self._periodic()
-            self._stop_deadline = time.monotonic() + SHUTDOWN_FLUSH_S
+            self._stop_deadline = self._stop_deadline or time.monotonic() + SHUTDOWN_FLUSH_S
             for state in list(self.parts.values()):
                 if state.buffer:
                     self._flush(state)
@@ -232,6 +232,8 @@ class LandingConsumer:
     def _backoff(self, op: str, exc: Exception, delay: float) -> float:
         """Sleep before retrying ``op``; raise FlushAborted once a shutdown deadline would pass."""
         self.metrics.lake_retries.labels(op).inc()
+        if self.stop_event.is_set() and self._stop_deadline is None:  # SIGTERM during an outage: bounded wait
+            self._stop_deadline = time.monotonic() + SHUTDOWN_FLUSH_S
         if self._stop_deadline is not None and time.monotonic() + delay > self._stop_deadline:
             raise FlushAborted(f"{op}: {exc}") from exc
         log.warning("%s failed (%s: %s); retrying in %.1fs", op, type(exc).__name__, exc, delay)
