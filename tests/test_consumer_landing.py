@@ -104,6 +104,8 @@ def test_poisoned_records_go_to_the_dlq_and_good_ones_land(
 
     # replay: the original bytes go back to the events topic, once per source record
     dlq_env = env | {"KAFKA_DLQ_TOPIC": dlq}
+    stats = _cli(dlq_env, "dlq", "stats")
+    assert "120 distinct source records" in stats and "undecodable JSON" in stats
     out = _cli(dlq_env, "dlq", "replay", "--dry-run")
     assert "would re-submit 120" in out and "120 distinct source records" in out
     out = _cli(dlq_env, "dlq", "replay")
