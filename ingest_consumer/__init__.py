@@ -55,4 +55,17 @@ its source coordinates (topic, partition, offset), so counting and ``eventpipe d
 by them; the commit records hold the exact count (``dead_lettered``) and the offsets
 (``extra["dead_lettered_offsets"]``), so landed rows plus dead-lettered offsets of the committed
 records cover every consumed offset exactly once.
+
+Operating it
+------------
+``eventpipe consumer [--metrics-port N]`` (one process = one group member; ``CONSUMER_*`` settings
+for flush thresholds, grace period, retry backoff; ``CONSUMER_ASSIGN_PARTITIONS`` bypasses group
+coordination), ``eventpipe lake files [--date D] [--hour H]`` (committed objects only),
+``eventpipe lake cleanup``, ``eventpipe dlq stats`` and ``eventpipe dlq replay [--dry-run]
+[--reason-contains TEXT] [--from-beginning]``. Lake or DLQ failures are retried with backoff and
+never committed past; after SIGTERM the retries stop after ``SHUTDOWN_FLUSH_S`` and the open batches
+stay uncommitted (re-read by the next owner). A status line (records/s, lag per partition, open
+batches) is logged every ``CONSUMER_LOG_INTERVAL_S``; Prometheus metrics are ``eventpipe_landing_*``.
+Lag uses fetch high watermarks: Tansu 0.6.0 answers ListOffsets(latest) with the last batch's base
+offset + 1 (``bench/repro_tansu_list_offsets.py``).
 """
