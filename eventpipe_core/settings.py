@@ -98,6 +98,10 @@ class Settings(BaseSettings):
     # --- enrichment / spark ------------------------------------------------------------------
     geoip_db_path: Path | None = None
     spark_master: str = "local[*]"
+    # enriched_events runs covering more than this many hours go to the Spark job (run config can force either)
+    spark_backfill_min_hours: int = Field(default=12, ge=0)
+    spark_backfill_buckets: int = Field(default=0, ge=0)  # session-key buckets (Spark tasks); 0 = default parallelism
+    spark_submit_conf: str = ""  # extra `key=value` Spark settings, whitespace-separated (cluster, s3a, memory)
 
     # --- orchestration (Dagster assets, sensors, SLAs) ---------------------------------------
     dagster_partitions_start: str = "2024-01-01"  # first hourly/daily partition (UTC date)
