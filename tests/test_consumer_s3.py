@@ -57,13 +57,24 @@ class FlakyProxy:
     def up(self) -> None:
         ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        ls.bind(("127.0.0.1", self.port))
+        for attempt in range(50):
+            try:
+                ls.bind(("127.0.0.1", self.port))
+                break
+            except OSError:
+                if attempt == 49:
+                    raise
+                time.sleep(0.1)
         ls.listen(64)
         self.listener = ls
         threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
 
     def down(self) -> None:
         if self.listener is not None:
+            try:
+                self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() thread; close() alone would not
+            except OSError:
+                pass
             self.listener.close()
             self.listener = None
         with self.lock:
