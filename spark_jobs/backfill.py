@@ -62,6 +62,8 @@ LEARNED_SCHEMA = pa.schema([("device_id", pa.string()), ("user_id", pa.string())
                             ("first_seen", pa.timestamp("ms", tz="UTC"))])
 _DEDUPE_COLUMNS = ["insert_id", "received_at", "kafka_partition", "kafka_offset", "device_id", "user_id"]
 _RAW_STATS = ("raw_rows", "duplicates")
+# Per-hour stats present even for an hour without rows (enrich_hour's names; others it adds are summed too).
+_STAT_KEYS = (*_RAW_STATS, "rows", "bots", "stitched", "plan_violations", "outside_hour")
 
 Carry = dict[str, tuple[int, int]]
 
@@ -278,7 +280,7 @@ def write_hours(items: Iterator[tuple[int, Iterable[tuple[bytes | None, dict[str
                 hours: list[datetime], spec: BackfillSpec) -> Iterator[dict[str, Any]]:
     lake = spec.open_lake()
     for i, parts in items:
-        tables, learned, stats = [], [], {}
+        tables, learned, stats = [], [], dict.fromkeys(_STAT_KEYS, 0)
         for data, part_stats, ids in parts:
             if data is not None:
                 tables.append(from_ipc(data))

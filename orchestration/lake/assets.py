@@ -19,6 +19,7 @@ from orchestration.lake.io import (
 )
 from orchestration.partitions import accepted_beta_apis, backfill_policy, hourly_partitions, same_hour
 from orchestration.resources import ClickHouseResource, EnrichmentResource, LakeResource
+from spark_jobs.launch import EnrichedEventsConfig, choose_engine, run_spark_enrichment
 
 RAW_EVENTS = dg.AssetKey("raw_events")
 ENRICHED_EVENTS = dg.AssetKey("enriched_events")
@@ -57,27 +58,35 @@ def _build(settings: Settings) -> dg.AssetsDefinition:
         metadata={"lake_prefix": ENRICHED_PREFIX},
     )
     def enriched_events(
-        context: dg.AssetExecutionContext, lake: LakeResource, clickhouse: ClickHouseResource, enrichment: EnrichmentResource
+        context: dg.AssetExecutionContext, config: EnrichedEventsConfig, lake: LakeResource, clickhouse: ClickHouseResource,
+        enrichment: EnrichmentResource, pipes_subprocess_client: dg.PipesSubprocessClient,
     ) -> dg.MaterializeResult:
         store = lake.open()
         client = clickhouse.ready_client()
         plan = clickhouse.plan
-        config = enrichment.config
-        geo = enrichment.open_geoip()
         window = context.partition_time_window
         hours = hours_between(window.start, window.end)
         records = load_commit_records(store)
-        carry = _carry_into(store, hours[0], records, config)
+        carry = _carry_into(store, hours[0], records, enrichment.config)
+        if choose_engine(config.engine, len(hours), settings.spark_backfill_min_hours) == "spark":
+            # the same rules on Spark (spark_jobs), for long ranges; identities come back and are written here
+            return run_spark_enrichment(
+                context, pipes_subprocess_client, settings=settings, lake_url=lake.lake_url,
+                aws_endpoint_url=lake.aws_endpoint_url, aws_region=lake.aws_region, client=client, plan=plan, hours=hours,
+                carry=carry, session_timeout_minutes=enrichment.session_timeout_minutes,
+                bot_max_events_per_minute=enrichment.bot_max_events_per_minute, geoip_db_path=enrichment.geoip_db_path)
+        rules = enrichment.config
+        geo = enrichment.open_geoip()
         totals: dict[str, int] = {}
         keys = []
         for hour in hours:
             raw = read_raw_hour(store, hour, records)
             devices = [d for d in raw.column("device_id").to_pylist() if d]
             result = enrich_hour(raw, hour_start=hour, carry=carry, identity_map=read_identity_map(client, plan, devices),
-                                 geo_lookup=geo, config=config)
+                                 geo_lookup=geo, config=rules)
             keys.append(write_enriched(store, hour, to_parquet_bytes(result.table)))
             write_identities(client, plan, result.identities)
-            carry = session_state_from_enriched(result.table.to_pandas(), hour + ONE_HOUR, config.session_timeout)
+            carry = session_state_from_enriched(result.table.to_pandas(), hour + ONE_HOUR, rules.session_timeout)
             for k, v in result.stats.items():
                 totals[k] = totals.get(k, 0) + v
             context.log.info(f"enriched {hour:%Y-%m-%d %H:00}: {result.stats}")
