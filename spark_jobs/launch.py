@@ -174,8 +174,11 @@ def run_spark_enrichment(
             )
         learned = pq.read_table(spec.learned_path).to_pandas()
         written = write_identities(client, plan, learned)
-        result = invocation.get_materialize_result()
-        return result._replace(metadata={**(result.metadata or {}), "identities_written": dg.MetadataValue.int(written)})
+        reported_result = invocation.get_materialize_result()
+        return dg.MaterializeResult(
+            metadata={**(reported_result.metadata or {}), "identities_written": dg.MetadataValue.int(written)},
+            data_version=reported_result.data_version,
+        )
 
 
 def hour_key_of(hour: datetime) -> str:
