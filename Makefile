@@ -12,7 +12,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools wheel
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 ## test: set up, then run the whole test suite against real services started by the fixtures
