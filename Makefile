@@ -23,9 +23,10 @@ test: setup
 up: setup
 	$(BIN)/eventpipe up
 
-## demo: set up and run the main job on the embedded stack
+## demo: set up and run the main job on the embedded stack (its own state dir, recreated on every run)
+DEMO_HOME ?= .eventpipe/demo
 demo: setup
-	$(BIN)/eventpipe demo
+	EVENTPIPE_HOME=$(DEMO_HOME) $(BIN)/eventpipe demo --reset $(DEMO_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

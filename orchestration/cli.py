@@ -15,6 +15,13 @@ WORKSPACE = REPO_ROOT / "workspace.yaml"
 DAGSTER_YAML = """# Written by `eventpipe dagster` (local sqlite instance). Production: a Postgres-backed instance.
 telemetry:
   enabled: false
+# One machine: at most two runs at a time (each is a process), and dbt runs one at a time (pool
+# dbt_clickhouse) so a whole-table mart is never rebuilt from a half-replaced day by a parallel run.
+concurrency:
+  runs:
+    max_concurrent_runs: 2
+  pools:
+    default_limit: 1
 """
 
 

@@ -3,7 +3,9 @@
 The sensor's cursor is ``{kafka_partition: last commit seq seen}`` over the landing commit log
 (eventpipe_core.lake_catalog). Each tick reads only records after the cursor, requests one run per
 event-hour partition those batches touched — however old the hour (late data) — and reports the
-landed rows as ``raw_events`` materializations of those hours. The run key names the commit
+landed rows as ``raw_events`` materializations of those hours. Consecutive touched hours share one
+run (a partition range of at most ``BACKFILL_MAX_PARTITIONS_PER_RUN`` hours, as backfills do): a
+day of history landed at once is one run, not 24 process launches. The run key names the commit
 records, so a tick retried after a lost cursor update does not launch the same run twice.
 """
 
@@ -14,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from eventpipe_core.lake_catalog import CommitRecord, committed_objects, iter_commit_records
 from eventpipe_core.settings import Settings
@@ -28,11 +31,15 @@ MAX_RECORDS_PER_TICK = 5000
 
 
 def hourly_events_job(settings: Settings) -> UnresolvedAssetJobDefinition:
-    """enriched_events -> (blocking GX check) -> clickhouse_events for one hour (or a range in backfills)."""
+    """enriched_events -> (blocking GX check) -> clickhouse_events for one hour (or a range in backfills).
+
+    In-process executor: the steps run one after the other anyway, and a process per step (the
+    multiprocess default) costs seconds of imports each — most of a small run's time."""
     return dg.define_asset_job(
         HOURLY_JOB,
         selection=dg.AssetSelection.assets(ENRICHED_EVENTS, CLICKHOUSE_EVENTS),
         description="Enrich one event hour and swap it into ClickHouse.",
+        executor_def=dg.in_process_executor,
     )
 
 
@@ -64,6 +71,20 @@ def plan_ticks(
     return touched, new_cursor, sorted(set(skipped))
 
 
+def hour_ranges(keys: Iterable[str], max_hours: int) -> list[list[str]]:
+    """Sorted hour keys grouped into runs of consecutive hours, each at most ``max_hours`` long — pure."""
+    groups: list[list[str]] = []
+    previous: datetime | None = None
+    for key in sorted(set(keys)):
+        hour = datetime.strptime(key, HOURLY_FMT)
+        if groups and previous is not None and hour - previous == timedelta(hours=1) and len(groups[-1]) < max_hours:
+            groups[-1].append(key)
+        else:
+            groups.append([key])
+        previous = hour
+    return groups
+
+
 def build_landing_sensor(settings: Settings, job: UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
     partitions = hourly_partitions(settings)
 
@@ -81,11 +102,18 @@ def build_landing_sensor(settings: Settings, job: UnresolvedAssetJobDefinition) 
         if skipped:
             context.log.warning(f"landed rows for hours outside the partitions (clock skew?) not scheduled: {skipped[:20]}")
         run_requests, events = [], []
+        for group in hour_ranges(touched, settings.backfill_max_partitions_per_run):
+            recs = list({(r.kafka_partition, r.seq): r for key in group for r in touched[key]}.values())
+            ids = "+".join(f"p{r.kafka_partition}s{r.seq}" for r in sorted(recs, key=lambda r: (r.kafka_partition, r.seq)))
+            tags = {"eventpipe/trigger": "landing", "eventpipe/batches": str(len(recs))}
+            if len(group) == 1:
+                run_requests.append(dg.RunRequest(run_key=f"{group[0]}|{ids}", partition_key=group[0], tags=tags))
+            else:  # one run for the range: the hourly assets walk its hours in order
+                tags |= {ASSET_PARTITION_RANGE_START_TAG: group[0], ASSET_PARTITION_RANGE_END_TAG: group[-1]}
+                run_requests.append(dg.RunRequest(run_key=f"{group[0]}..{group[-1]}|{ids}", tags=tags))
         for key, recs in sorted(touched.items()):
             ids = "+".join(f"p{r.kafka_partition}s{r.seq}" for r in recs)
             rows = sum(r.rows_per_hour.get(key, 0) for r in recs)
-            run_requests.append(dg.RunRequest(run_key=f"{key}|{ids}", partition_key=key,
-                                              tags={"eventpipe/trigger": "landing", "eventpipe/batches": str(len(recs))}))
             events.append(dg.AssetMaterialization(
                 asset_key=RAW_EVENTS, partition=key,
                 metadata={"new_rows": rows, "batches": len(recs), "commit_records": ids[:1000]},
