@@ -37,17 +37,28 @@ def hours_of_day() -> dg.TimeWindowPartitionMapping:
     return dg.TimeWindowPartitionMapping(start_offset=0, end_offset=0)
 
 
-def late_aware_eager(lookback: timedelta) -> dg.AutomationCondition:
+def late_aware_eager(lookback: timedelta, checks_run_with_deps: bool = False) -> dg.AutomationCondition:
     """Like ``AutomationCondition.eager()`` but for every partition within ``lookback``, not only the
     latest one: an hour days in the past whose upstream changed (late data) is re-materialized too.
-    Waits for blocking checks of upstream partitions (a failed GX check stops the load)."""
+    Waits for blocking checks of upstream partitions (a failed GX check stops the load).
+
+    ``checks_run_with_deps``: a dependency requested on the same tick counts as checked even when
+    its checks are not requested themselves — for dbt models, whose tests ``dbt build`` runs right
+    after each model, skipping what is downstream of a failed test. Without it, automation would
+    request a dbt graph one tested layer per tick (one run each) instead of in one run."""
+    blocking = dg.AutomationCondition.all_deps_blocking_checks_passed()
+    if checks_run_with_deps:
+        blocking = dg.AutomationCondition.all_deps_match(
+            dg.AutomationCondition.will_be_requested()
+            | dg.AutomationCondition.all_checks_match(dg.AutomationCondition.check_passed(), blocking_only=True)
+        ).with_label("all_deps_blocking_checks_passed_or_built_in_this_run")
     return (
         dg.AutomationCondition.in_latest_time_window(lookback)
         & dg.AutomationCondition.any_deps_updated().since_last_handled()
         & ~dg.AutomationCondition.any_deps_missing()
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
-        & dg.AutomationCondition.all_deps_blocking_checks_passed()
+        & blocking
     ).with_label("eager_including_late_partitions")
 
 
@@ -65,8 +76,10 @@ def events_automation(settings: Settings) -> dg.AutomationCondition:
 
 
 def marts_automation(settings: Settings) -> dg.AutomationCondition:
-    """For the daily dbt marts (orchestration/dbt): same rule over daily partitions."""
-    return late_aware_eager(timedelta(days=settings.late_data_lookback_days + 1)) | refresh_when_stale()
+    """For the daily dbt marts (orchestration/dbt): same rule over daily partitions, the whole dbt graph
+    of a day in one run."""
+    return late_aware_eager(timedelta(days=settings.late_data_lookback_days + 1), checks_run_with_deps=True) \
+        | refresh_when_stale()
 
 
 def events_freshness(settings: Settings) -> dg.FreshnessPolicy:

@@ -6,6 +6,7 @@ GX is imported lazily: it takes seconds to import, and only check runs need it.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,22 @@ import pyarrow as pa
 from orchestration.enrichment.rules import ENRICHED_SCHEMA, plan_violation_count
 
 SUITE_NAME = "enriched_events_hour"
+
+
+def _import_gx() -> Any:
+    """``import great_expectations``. GX imports ``pyspark.sql.connect``, whose pyspark 4 import guard
+    takes a ``__main__`` without ``__file__``/``__spec__`` for a doctest run and calls ``sys.exit(0)`` —
+    and Dagster's multiprocess step workers (``python -c "from multiprocessing.spawn import …"``) have
+    exactly such a ``__main__``. ``sys.ps1`` (interactive) passes that guard; it is set only meanwhile."""
+    interactive = hasattr(sys, "ps1")
+    if not interactive:
+        sys.ps1 = ">>> "
+    try:
+        import great_expectations as gx
+    finally:
+        if not interactive:
+            del sys.ps1
+    return gx
 
 
 @dataclass
@@ -61,7 +78,7 @@ def _context():  # noqa: ANN202 - GX EphemeralDataContext
 
 def validate_enriched(table: pa.Table, start: datetime, end: datetime) -> SuiteOutcome:
     """Run the suite over enriched rows whose partition is [start, end)."""
-    import great_expectations as gx
+    gx = _import_gx()
 
     df = table.to_pandas()
     df["_event_time_ms"] = (
