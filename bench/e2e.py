@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from demo.dagster_api import DagsterAPI
 from demo.load import percentile, run_load
 from demo.sender import Sender
 from embedded.broker import free_port
@@ -37,6 +40,10 @@ def main() -> None:
     ap.add_argument("--sensor-interval", type=int, default=5, help="LANDING_SENSOR_INTERVAL_SECONDS")
     ap.add_argument("--poll", type=float, default=1.0, help="seconds between polls of analytics.events")
     ap.add_argument("--drain-timeout", type=float, default=300.0, help="seconds to wait for the last events")
+    ap.add_argument("--users", type=int, default=80,
+                    help="distinct users/devices; more than ~100 devices in one hour currently fails enrichment "
+                    "against chserver (identity-map reads send > 4 KiB of query parameters, which clickhouse-connect "
+                    "then sends as multipart/form-data, not supported by chserver)")
     args = ap.parse_args()
 
     from embedded.stack import Stack
@@ -69,9 +76,10 @@ def main() -> None:
 def run(settings, args: argparse.Namespace) -> None:  # noqa: ANN001 - Settings
     import clickhouse_connect
 
-    from collector.metadata import get_metadata_store
-
-    key = get_metadata_store(settings).create_key("bench")
+    # `eventpipe keys create` (bench/collector.py shadows the collector package for scripts run from bench/)
+    keys = subprocess.run([sys.executable, "-m", "eventpipe_cli.main", "keys", "create", "--project", "bench"],
+                          capture_output=True, text=True, check=True)
+    key = keys.stdout.strip().splitlines()[-1]
     ch = settings.clickhouse
     client = clickhouse_connect.get_client(host=ch.host, port=ch.port, username=ch.user, password=ch.password)
     visible_at: dict[str, float] = {}
@@ -93,15 +101,18 @@ def run(settings, args: argparse.Namespace) -> None:  # noqa: ANN001 - Settings
     collector = f"http://{settings.collector_host}:{settings.collector_port}"
     print(f"sending {args.rate:g} events/s for {args.duration:g} s …")
     with Sender(collector, key) as sender:
-        result = run_load(sender, args.rate, args.duration, seed=7)
+        result = run_load(sender, args.rate, args.duration, users=args.users, seed=7)
     accepted = result.accepted_at
     print(f"collector: {result.accepted:,} accepted in {result.elapsed_s:.1f} s ({result.rate:,.0f} events/s), "
           f"request p50 {percentile(result.request_latencies_s, 50) * 1000:.0f} ms")
+    dagster = DagsterAPI(f"http://127.0.0.1:{settings.dagster_port}")
     deadline = time.monotonic() + args.drain_timeout
     while time.monotonic() < deadline and not set(accepted) <= set(visible_at):
         time.sleep(1)
     stop.set()
     poller.join()
+    runs = {status: len(dagster.runs((status,))) for status in ("SUCCESS", "FAILURE")}
+    print(f"Dagster runs: {runs['SUCCESS']} succeeded, {runs['FAILURE']} failed")
     seen = [iid for iid in accepted if iid in visible_at]
     lat = [visible_at[i] - accepted[i] for i in seen]
     if not lat:

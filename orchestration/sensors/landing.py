@@ -93,7 +93,8 @@ def build_landing_sensor(settings: Settings, job: UnresolvedAssetJobDefinition) 
         job=job,
         minimum_interval_seconds=settings.landing_sensor_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Requests a run for every event hour a newly committed landed batch touched (late hours too).",
+        description="Requests runs for the event hours newly committed landed batches touched (late hours too), "
+        "one run per range of consecutive hours.",
     )
     def landing_commits_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
         cursor = parse_cursor(context.cursor)
