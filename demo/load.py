@@ -64,11 +64,10 @@ def run_load(sender: Sender, rate: float, duration_s: float, *, tick_s: float = 
     result = LoadResult()
     start = time.monotonic()
     owed = 0.0
-    next_tick = start
-    while (now := time.monotonic()) < start + duration_s:
-        if now < next_tick:
-            time.sleep(next_tick - now)
-        next_tick += tick_s
+    for tick in range(max(1, round(duration_s / tick_s))):
+        delay = start + tick * tick_s - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
         owed += rate * tick_s
         n = int(owed)
         owed -= n
