@@ -48,6 +48,32 @@ def _last_values(request: Request) -> dict[str, str]:
     return {k: v for k, v in request.query_params.multi_items()}
 
 
+def merge_form_fields(params: dict[str, str], content_type_header: str, body: bytes) -> tuple[dict[str, str], bytes]:
+    """multipart/form-data: ``query`` and ``param_*`` fields join the URL parameters (as in ClickHouse).
+
+    File parts are ClickHouse "external data" (temporary tables shipped with the query), which
+    this server does not support: they are refused with NOT_IMPLEMENTED.
+    """
+    import email.parser
+    import email.policy
+
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type_header.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    if not message.is_multipart():
+        raise ClickHouseError(STD_EXCEPTION, "Malformed multipart/form-data body")
+    merged = dict(params)
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if part.get_filename() is not None:
+            raise ClickHouseError(NOT_IMPLEMENTED, "External data (multipart file parts) is not supported by this server")
+        if not name:
+            raise ClickHouseError(STD_EXCEPTION, "multipart/form-data part without a name")
+        payload = part.get_payload(decode=True) or b""
+        merged[str(name)] = payload.decode("utf-8")
+    return merged, b""
+
+
 def create_app(engine: Engine, users: Users) -> Starlette:
     """The ASGI app serving ``engine``; closing the app (lifespan shutdown) closes the engine."""
 
@@ -91,10 +117,11 @@ def create_app(engine: Engine, users: Users) -> Starlette:
             if request.method not in ("GET", "POST"):
                 raise ClickHouseError(UNSUPPORTED_METHOD, f"HTTP method {request.method} is not supported")
             headers = {k.lower(): v for k, v in request.headers.items()}
-            if headers.get("content-type", "").startswith("multipart/form-data"):
-                raise ClickHouseError(NOT_IMPLEMENTED, "External data (multipart/form-data) is not supported by this server")
             user = users.authenticate(headers, params)
             body = await request.body()
+            if headers.get("content-type", "").startswith("multipart/form-data"):
+                # clickhouse-connect sends the query and long bound parameters as form fields
+                params, body = merge_form_fields(params, headers["content-type"], body)
             loop = asyncio.get_running_loop()
             result, payload, encoding = await loop.run_in_executor(
                 engine.executor, run, request.method, params, headers, body, user.name
