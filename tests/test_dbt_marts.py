@@ -89,6 +89,11 @@ DAY2 = [
     {"actor": "u1", "type": "purchase", "time": "2026-01-06 09:00:00", "user_props": '{"$set":{"plan":"pro"}}'},
     {"actor": "u3", "type": "sign_up", "time": "2026-01-06 10:00:00"},
 ]
+LATE_U5 = [
+    {"actor": "u5", "type": "sign_up", "time": "2026-01-05 20:00:00"},
+    {"actor": "u5", "type": "activate", "time": "2026-01-05 21:00:00"},
+    {"actor": "u5", "type": "purchase", "time": "2026-01-06 08:00:00"},
+]
 LATE_DAY1 = [
     {"actor": "u4", "type": "sign_up", "time": "2026-01-05 15:00:00"},
     {"actor": "u2", "type": "activate", "time": "2026-01-05 13:00:00"},
@@ -204,6 +209,13 @@ def test_dagster_daily_partitions_with_late_data(
         # … until day 2 runs again: its rolling WAU/MAU now include u4 from day 1.
         run("2026-01-06")
         assert active("2026-01-06") == (2, 4, 4)
+        # A path that completes on a later day: u5 signs up and activates on day 1 (no day-1 run since),
+        # purchases on day 2; the day-2 run rebuilds day 1's funnel (entries up to 7 days back).
+        insert_events(client, db, LATE_U5)
+        run("2026-01-06")
+        assert funnel("2026-01-05") == [(1, 4), (2, 3), (3, 2)]
+        assert funnel("2026-01-06") == [(1, 1), (2, 0), (3, 0)]
+        assert client.command(f"SELECT count() FROM {db}.fct_funnels") == 6
         # dim_users (whole-table) applied u1's $set in event-time order.
         props = client.command(f"SELECT user_properties FROM {db}.dim_users WHERE actor_id = 'u1'")
         assert json.loads(props) == {"plan": "pro"}

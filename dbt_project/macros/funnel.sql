@@ -8,7 +8,7 @@
   conversion_window_seconds later still counts); with hold_constant, every step's event property
   must equal the entry event's. Events are ordered by (time, insert_id).
 #}
-{% macro funnel_best_paths(funnel, events_relation) %}
+{% macro funnel_best_paths(funnel, events_relation, lookback_days=0) %}
 {%- set steps = funnel['steps'] -%}
 {%- set n = steps | length -%}
 {%- set window_ms = (funnel.get('conversion_window_seconds', 86400) | int) * 1000 -%}
@@ -75,7 +75,7 @@ from (
         array join arrayEnumerate(evs) as i0
         where {{ "has(" ~ steps_sql ~ ", evs[i0].3)" if order == 'any' else "evs[i0].3 = '" ~ steps[0] ~ "'" }}
     )
-    where level >= 1 and {{ day_in_window('toDate(fromUnixTimestamp64Milli(t0, \'UTC\'))') }}
+    where level >= 1 and {{ day_in_window('toDate(fromUnixTimestamp64Milli(t0, \'UTC\'))', lookback_days) }}
     group by project, actor_id, entry_day
 )
 {% endmacro %}

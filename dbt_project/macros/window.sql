@@ -12,10 +12,11 @@
   {%- endif -%}
 {%- endmacro %}
 
-{# Rows whose own day is inside the window (what an insert_overwrite run may replace). #}
-{% macro day_in_window(column) -%}
+{# Rows whose own day is inside the window, widened by `lookback_days` (what an insert_overwrite
+   run replaces: a run for day D also rebuilds the earlier days its events can still change). #}
+{% macro day_in_window(column, lookback_days=0) -%}
   {%- if is_incremental() -%}
-    ({{ column }} >= {{ window_start() }} and {{ column }} < {{ window_end() }})
+    ({{ column }} >= {{ window_start() }} - {{ lookback_days }} and {{ column }} < {{ window_end() }})
   {%- else -%}
     1 = 1
   {%- endif -%}

@@ -7,8 +7,9 @@
 {#
   Funnels declared in dbt_project.yml (var `funnels`). Per funnel, project and entry day: actors
   reaching each step on their earliest most complete path, conversion from the entry step and from
-  the previous step, and the median seconds from entry to the step. A run for a window reads
-  events up to the longest conversion window past its end.
+  the previous step, and the median seconds from entry to the step. A run for a window also
+  rebuilds the entry days up to the longest conversion window before it (their paths can complete
+  with the window's events) and reads events up to that window past its end.
 #}
 {%- set funnels = var('funnels') -%}
 {%- set ns = namespace(max_days=1) -%}
@@ -19,12 +20,12 @@
 with events as (
     select project, actor_id, event_time, insert_id, event_type, event_properties
     from {{ ref('int_events_human') }}
-    where {{ in_window('event_date', 0, ns.max_days) }}
+    where {{ in_window('event_date', ns.max_days, ns.max_days) }}
 ),
 
 paths as (
     {%- for f in funnels %}
-    select * from ({{ funnel_best_paths(f, 'events') }})
+    select * from ({{ funnel_best_paths(f, 'events', ns.max_days) }})
     {%- if not loop.last %}
     union all
     {%- endif %}

@@ -7,12 +7,13 @@
 {#
   One row per session (Amplitude session_id = session start in ms, assigned by the SDK or by
   enrichment after 30 min of inactivity). A session belongs to the day it started; a run for a
-  window reads one extra day so sessions running past midnight are complete.
+  window reads one extra day so sessions running past midnight are complete, and rebuilds the day
+  before it so a session started then and continued in the window is complete too.
 #}
 with events as (
     select *
     from {{ ref('int_events_human') }}
-    where session_id > 0 and {{ in_window('event_date', 0, 1) }}
+    where session_id > 0 and {{ in_window('event_date', 1, 1) }}
 ),
 
 sessions as (
@@ -48,4 +49,4 @@ select
     platform,
     toUInt8(events = 1) as is_bounce
 from sessions
-where {{ day_in_window('session_date') }}
+where {{ day_in_window('session_date', 1) }}
