@@ -139,7 +139,7 @@ def main() -> None:
         settings = load_settings(eventpipe_home=home, kafka_bootstrap_servers=broker.bootstrap,
                                  metadata_db_url=f"sqlite:///{home / 'metadata.db'}")
         ensure_topics(settings, broker.bootstrap)
-        from collector.metadata import get_metadata_store
+        from eventpipe_core.metadata import get_metadata_store
 
         store = get_metadata_store(settings)
         key = store.create_key("bench")

@@ -28,11 +28,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from collector import validation as v
-from collector.metadata import MetadataError, MetadataStore, ProjectPlan
 from collector.metrics import CONTENT_TYPE_LATEST, CollectorMetrics
 from collector.producer import EventProducer, ProduceError
 from collector.ratelimit import TokenBuckets
 from eventpipe_core.event_model import encode_envelope, event_key, make_envelope
+from eventpipe_core.metadata import MetadataError, MetadataStore, ProjectPlan
 from eventpipe_core.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

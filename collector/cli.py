@@ -19,8 +19,8 @@ schemas_app = typer.Typer(
 
 
 def _store():
-    from collector.metadata import get_metadata_store
     from eventpipe_cli.main import settings_or_exit
+    from eventpipe_core.metadata import get_metadata_store
 
     return get_metadata_store(settings_or_exit())
 
@@ -42,7 +42,7 @@ def collector(
 
     settings = settings_or_exit()
     setup_logging()
-    from collector.metadata import get_metadata_store
+    from eventpipe_core.metadata import get_metadata_store
 
     get_metadata_store(settings).dispose()  # create the tables once, before workers race to
     uvicorn.run(
@@ -57,7 +57,7 @@ def collector(
 @keys_app.command("create")
 def keys_create(project: str = typer.Option(..., "--project", help="Project name (created if new).")) -> None:
     """Create an API key; the key alone is printed on the last line."""
-    from collector.metadata import MetadataError
+    from eventpipe_core.metadata import MetadataError
 
     try:
         key = _store().create_key(project)
@@ -90,7 +90,7 @@ def schemas_set(
     project: str = typer.Option(..., "--project"),
 ) -> None:
     """Set (replace) the JSON Schema of event_properties for an event type."""
-    from collector.metadata import MetadataError
+    from eventpipe_core.metadata import MetadataError
 
     try:
         text = sys.stdin.read() if schema_file == "-" else Path(schema_file).read_text()
@@ -107,7 +107,7 @@ def schemas_set(
 @schemas_app.command("get")
 def schemas_get(event_type: str = typer.Argument(...), project: str = typer.Option(..., "--project")) -> None:
     """Print the JSON Schema of an event type."""
-    from collector.metadata import MetadataError
+    from eventpipe_core.metadata import MetadataError
 
     try:
         schema = _store().get_schema(project, event_type)
@@ -121,7 +121,7 @@ def schemas_get(event_type: str = typer.Argument(...), project: str = typer.Opti
 @schemas_app.command("list")
 def schemas_list(project: str = typer.Option(..., "--project")) -> None:
     """Show the enforcement mode and the event types that have a schema."""
-    from collector.metadata import MetadataError
+    from eventpipe_core.metadata import MetadataError
 
     try:
         plan = _store().plan(project)
@@ -135,7 +135,7 @@ def schemas_list(project: str = typer.Option(..., "--project")) -> None:
 @schemas_app.command("delete")
 def schemas_delete(event_type: str = typer.Argument(...), project: str = typer.Option(..., "--project")) -> None:
     """Remove the schema of an event type (its events are no longer checked)."""
-    from collector.metadata import MetadataError
+    from eventpipe_core.metadata import MetadataError
 
     try:
         found = _store().delete_schema(project, event_type)
@@ -151,7 +151,7 @@ def schemas_enforce(
     mode: str = typer.Argument(..., help="off | flag | reject"), project: str = typer.Option(..., "--project"),
 ) -> None:
     """Set the enforcement mode: off, flag (accept and mark violations) or reject (400)."""
-    from collector.metadata import MetadataError
+    from eventpipe_core.metadata import MetadataError
 
     try:
         _store().set_enforcement(project, mode)

@@ -110,10 +110,10 @@ def run_demo(users: int, days: int, seed: int, exit_after: bool, report_json: Pa
 
 def _pipeline(settings: Settings, config: DemoConfig, console: Console, timings: dict[str, float],
               timeout_s: float) -> tuple[dict[str, Any], dict[str, Any]]:
-    from collector.metadata import get_metadata_store
     from demo.dagster_api import DagsterAPI
     from demo.sender import Sender, produce_poison, rejected_from_metrics
     from demo.waiter import Target, Waiter
+    from eventpipe_core.metadata import get_metadata_store
 
     key = get_metadata_store(settings).create_key(config.project)
     dataset = generate(config)

@@ -57,7 +57,7 @@ def generate(
 
     settings = settings_or_exit()
     if api_key is None:
-        from collector.metadata import get_metadata_store
+        from eventpipe_core.metadata import get_metadata_store
 
         api_key = get_metadata_store(settings).create_key(project)
         console.print(f"created an API key for project {project}")

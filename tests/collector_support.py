@@ -16,9 +16,9 @@ import uvicorn
 from kafka import KafkaConsumer, TopicPartition
 
 from collector.app import create_app
-from collector.metadata import MetadataStore
 from embedded.broker import free_port
 from eventpipe_core.kafka_clients import consumer_config
+from eventpipe_core.metadata import MetadataStore
 from eventpipe_core.settings import Settings
 
 

@@ -10,7 +10,7 @@ import uuid
 import httpx
 import pytest
 
-from collector.metadata import MetadataStore
+from eventpipe_core.metadata import MetadataStore
 from eventpipe_core.settings import Settings
 from tests.collector_support import collector_settings, collector_store, event, new_project, read_envelopes, serve
 

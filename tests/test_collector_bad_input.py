@@ -17,9 +17,9 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from collector.app import create_app
-from collector.metadata import MetadataStore
 from collector.validation import KNOWN_FIELDS, validate_events
 from eventpipe_core.event_model import INVALID_IDS
+from eventpipe_core.metadata import MetadataStore
 from eventpipe_core.settings import Settings
 from tests.collector_support import ServerThread, collector_settings, collector_store, new_project
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import httpx
 
-from collector.metadata import MetadataStore
 from embedded.broker import EmbeddedBroker, ensure_topics, free_port
 from eventpipe_core.lake_store import s3_client
+from eventpipe_core.metadata import MetadataStore
 from eventpipe_core.settings import Settings, load_settings
 from tests.collector_support import collector_settings, collector_store, event, new_project, read_envelopes, serve
 from tests.conftest import AWS_TEST_KEYS

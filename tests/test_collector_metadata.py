@@ -14,7 +14,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from collector.metadata import MetadataError, MetadataStore
+from eventpipe_core.metadata import MetadataError, MetadataStore
 from eventpipe_core.settings import Settings
 from tests.collector_support import collector_settings, event, read_envelopes, serve
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from collector.metadata import MetadataStore
 from collector.ratelimit import TokenBuckets
+from eventpipe_core.metadata import MetadataStore
 from eventpipe_core.settings import Settings
 from tests.collector_support import collector_settings, collector_store, new_project, read_envelopes, serve
 

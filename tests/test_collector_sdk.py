@@ -18,7 +18,7 @@ import pytest
 from amplitude import Amplitude, BaseEvent, Config, EventOptions, Identify, Revenue
 from amplitude.storage import InMemoryStorage, InMemoryStorageProvider
 
-from collector.metadata import MetadataStore
+from eventpipe_core.metadata import MetadataStore
 from eventpipe_core.settings import Settings
 from tests.collector_support import collector_settings, collector_store, new_project, read_envelopes, serve
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from collector.metadata import MetadataStore
 from embedded.broker import free_port
 from embedded.stack import collector_component
+from eventpipe_core.metadata import MetadataStore
 from eventpipe_core.settings import Settings, load_settings
 from tests.collector_support import read_envelopes
 

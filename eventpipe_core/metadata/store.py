@@ -22,10 +22,10 @@ from eventpipe_core.settings import Settings
 
 ENFORCEMENT_MODES = ("off", "flag", "reject")
 
-_meta = sa.MetaData()
+meta = sa.MetaData()  # every metadata table registers here; feature modules of this package add theirs
 
 projects = sa.Table(
-    "projects", _meta,
+    "projects", meta,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("name", sa.String(200), nullable=False, unique=True),
     sa.Column("plan_enforcement", sa.String(10), nullable=False, server_default="off"),
@@ -33,7 +33,7 @@ projects = sa.Table(
 )
 
 api_keys = sa.Table(
-    "api_keys", _meta,
+    "api_keys", meta,
     sa.Column("api_key", sa.String(64), primary_key=True),
     sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id", ondelete="CASCADE"), nullable=False, index=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -41,7 +41,7 @@ api_keys = sa.Table(
 )
 
 event_schemas = sa.Table(
-    "event_schemas", _meta,
+    "event_schemas", meta,
     sa.Column("project_id", sa.Integer, sa.ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("event_type", sa.String(1024), primary_key=True),
     sa.Column("properties_schema", sa.Text, nullable=False),  # JSON Schema of event_properties
@@ -108,7 +108,7 @@ class MetadataStore:
                 from pathlib import Path
 
                 Path(self.engine.url.database).parent.mkdir(parents=True, exist_ok=True)
-            _meta.create_all(self.engine)
+            meta.create_all(self.engine)
             self._ready = True
 
     def dispose(self) -> None:
