@@ -115,6 +115,13 @@ class Settings(BaseSettings):
     marts_freshness_fail_hours: int = Field(default=26, ge=1)  # daily marts SLA
     marts_freshness_warn_hours: int = Field(default=25, ge=1)
     backfill_max_partitions_per_run: int = Field(default=24, ge=1)  # hours per backfill run
+    # --- orchestration: complete days (issue 12) ---------------------------------------------
+    # A day is complete this long after its end (UTC): the landing sensor then loads its hours with nothing
+    # landed as empty, so the day's marts can build. Late events after that still re-load their hour.
+    landing_window_seconds: int = Field(default=300, ge=0)
+    # --- embedded stack: stopping (issue 12) ---------------------------------------------------
+    # `eventpipe up`: SIGTERM a component's process group, then SIGKILL what is left after this long.
+    stack_stop_grace_seconds: float = Field(default=20.0, ge=0)
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
