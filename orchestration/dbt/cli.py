@@ -34,7 +34,8 @@ def _dagster_url() -> str:
 
 def _backfill(project: str, name: str) -> None:
     """Rebuild fct_funnels for the days already built, through Dagster; else say exactly what to run."""
-    from orchestration.dbt.funnel_backfill import DagsterUnavailable, built_days, launch_funnels_backfill
+    from orchestration.backfill import DagsterUnavailable
+    from orchestration.dbt.funnel_backfill import built_days, launch_funnels_backfill
 
     url = _dagster_url()
     try:
