@@ -96,6 +96,7 @@ def stop_group(proc: subprocess.Popen, grace: float, name: str = "", echo: Calla
     while time.monotonic() < deadline:
         proc.poll()  # reap the leader so it does not linger as a zombie
         if not group_alive(pgid):
+            _reap(proc)
             return []
         time.sleep(poll)
     killed = group_members(pgid) or ([Member(pgid, name or "process")] if group_alive(pgid) else [])
@@ -110,6 +111,13 @@ def stop_group(proc: subprocess.Popen, grace: float, name: str = "", echo: Calla
     if killed and echo is not None:
         echo(f"  killed {name or 'process group'} after {grace:.0f}s grace: {', '.join(map(str, killed))}")
     return killed
+
+
+def _reap(proc: subprocess.Popen) -> None:
+    try:
+        proc.wait(5)  # the leader is gone or a zombie: collect its status
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def open_log(path: Path) -> IO[bytes]:
