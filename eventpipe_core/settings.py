@@ -172,6 +172,11 @@ class Settings(BaseSettings):
             raise ValueError(f"METADATA_DB_URL must be sqlite:///… or postgresql://…, got {v!r}")
         return v
 
+    @field_validator("clickhouse_cluster")
+    @classmethod
+    def _check_cluster(cls, v: str | None) -> str | None:
+        return v or None  # CLICKHOUSE_CLUSTER= (empty, as compose's ${CLICKHOUSE_CLUSTER:-} gives) = single server
+
     @field_validator("dagster_postgres_url")
     @classmethod
     def _check_dagster_postgres(cls, v: str | None) -> str | None:
