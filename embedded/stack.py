@@ -1,7 +1,8 @@
 """`eventpipe up`: the embedded stack in the foreground.
 
 Each component is a child process with a readiness check. Components start in order (broker,
-ClickHouse-compatible server, collector, consumer, Dagster) and stop in reverse order on Ctrl-C
+ClickHouse-compatible server, collector, consumer, Dagster; the broker and the server only when their
+variables point at this machine) and stop in reverse order on Ctrl-C
 or SIGTERM. Every port is checked before anything starts, so a taken port refuses cleanly
 instead of leaving half a stack running.
 
@@ -82,7 +83,11 @@ class ChildProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
-def broker_component(settings: Settings, logs: Path) -> Component:
+def broker_component(settings: Settings, logs: Path) -> Component | None:
+    """The embedded Tansu broker, only when KAFKA_BOOTSTRAP_SERVERS points at this machine (a production
+    Kafka elsewhere is used as it is, like a remote CLICKHOUSE_URL)."""
+    if not is_local_url(f"kafka://{settings.bootstrap_servers[0]}"):
+        return None
     broker = EmbeddedBroker.from_settings(settings, log_path=logs / "broker.log")
 
     def start() -> None:

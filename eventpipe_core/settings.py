@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     dagster_home: Path | None = None  # default: $EVENTPIPE_HOME/dagster
     dagster_port: int = Field(default=3000, ge=1, le=65535)
 
+    # --- production profile (Dagster instance) ------------------------------------------------
+    # PostgreSQL for Dagster's run, event-log and schedule storage (dagster.yaml written by `eventpipe dagster`);
+    # unset = the embedded SQLite instance under DAGSTER_HOME.
+    dagster_postgres_url: str | None = None
+    dagster_max_concurrent_runs: int = Field(default=2, ge=1, le=256)  # QueuedRunCoordinator limit
+
     # --- collector ---------------------------------------------------------------------------
     collector_host: str = "127.0.0.1"
     collector_port: int = Field(default=8080, ge=1, le=65535)
@@ -179,6 +185,20 @@ class Settings(BaseSettings):
             raise ValueError(f"METADATA_DB_URL must be sqlite:///… or postgresql://…, got {v!r}")
         return v
 
+    @field_validator("clickhouse_cluster")
+    @classmethod
+    def _check_cluster(cls, v: str | None) -> str | None:
+        return v or None  # CLICKHOUSE_CLUSTER= (empty, as compose's ${CLICKHOUSE_CLUSTER:-} gives) = single server
+
+    @field_validator("dagster_postgres_url")
+    @classmethod
+    def _check_dagster_postgres(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        if urlsplit(v).scheme not in ("postgresql", "postgres", "postgresql+psycopg2") or not urlsplit(v).hostname:
+            raise ValueError(f"DAGSTER_POSTGRES_URL must look like postgresql://user:password@host:5432/db, got {v!r}")
+        return v
+
     @field_validator("broker_storage_url")
     @classmethod
     def _check_broker_storage(cls, v: str) -> str:
@@ -233,6 +253,15 @@ class ClickHouseTarget:
     @property
     def http_url(self) -> str:
         return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A PostgreSQL URL with the driver eventpipe installs (psycopg2) named: SQLAlchemy 2.1 maps a bare
+    ``postgresql://`` to psycopg 3, which is not a dependency. Other URLs (sqlite, explicit drivers) unchanged."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -105,9 +105,11 @@ def spark_submit_command(settings: Settings, spec_path: Path, work_dir: Path, ma
 
 def spark_env(master: str, work_dir: Path) -> dict[str, str]:
     """Environment for spark-submit in local mode: executors run this interpreter, scratch space under
-    ``work_dir``, bound to loopback (a cluster's own environment decides these)."""
+    ``work_dir``, bound to loopback (a cluster's own environment decides these). On a cluster the driver
+    still runs here (client mode), so it runs this interpreter too: a pip-installed pyspark's
+    ``spark-submit`` finds its SPARK_HOME through it; executors use ``spark.pyspark.python``."""
     if not is_local_master(master):
-        return {}
+        return {"PYSPARK_DRIVER_PYTHON": sys.executable}
     return {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
             "SPARK_LOCAL_DIRS": str(work_dir / "spark-local"), "SPARK_LOCAL_IP": "127.0.0.1"}
 
