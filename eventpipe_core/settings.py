@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     # `eventpipe up`: SIGTERM a component's process group, then SIGKILL what is left after this long.
     stack_stop_grace_seconds: float = Field(default=20.0, ge=0)
 
+    # --- query service (query_service/: the Amplitude-compatible analytics API) --------------------
+    query_api_host: str = "127.0.0.1"
+    query_api_port: int = Field(default=8090, ge=1, le=65535)
+    query_max_execution_s: float = Field(default=60.0, gt=0)  # per ClickHouse query of the API
+    query_auth_cache_s: float = Field(default=5.0, ge=0)  # how long a verified api_key:secret_key stays trusted
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _check_bootstrap(cls, v: str) -> str:
