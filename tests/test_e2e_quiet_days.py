@@ -337,7 +337,8 @@ def test_quiet_days_get_marts_by_themselves_and_a_runtime_funnel(up: Up) -> None
 @pytest.mark.timeout(600)
 def test_up_stops_every_process_and_frees_every_port_under_load(up: Up) -> None:
     ports = [int(up.env["KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1]), up.settings.clickhouse.port,
-             up.settings.collector_port, up.settings.dagster_port, int(up.env["CONSUMER_METRICS_PORT"])]
+             up.settings.collector_port, up.settings.dagster_port, int(up.env["CONSUMER_METRICS_PORT"]),
+             up.settings.query_api_port]
     before = marked_processes(up.mark, up.proc.pid)
     names = " ".join(before.values())
     assert "dagster" in names and "tansu" in names and "chserver" in names, before  # the stack really runs
