@@ -203,6 +203,7 @@ def query_api_component(settings: Settings, logs: Path) -> Component | None:
         host=host,
         port=port,
         log_path=logs / "query-api.log",
+        stop_grace=settings.stack_stop_grace_seconds,
         ready=lambda: _http_ok(f"http://{host}:{port}/healthz"),
         timeout=120.0,
     )

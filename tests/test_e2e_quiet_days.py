@@ -241,6 +241,27 @@ def up() -> Iterator[Up]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+BACKFILL = """query($id: String!) { partitionBackfillOrError(backfillId: $id) { __typename
+  ... on PartitionBackfill { status runs(limit: 50) { runId status
+    eventConnection(limit: 200) { events { __typename ... on MessageEvent { message } } } } } } }"""
+
+
+def wait_backfill(up: Up, backfill_id: str, timeout: float) -> list[dict[str, Any]]:
+    """The runs of a finished backfill (Dagster GraphQL)."""
+    from orchestration.backfill import graphql
+
+    url = f"http://127.0.0.1:{up.settings.dagster_port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        b = graphql(url, BACKFILL, {"id": backfill_id})["partitionBackfillOrError"]
+        runs = b.get("runs") or []
+        if b.get("status") not in (None, "REQUESTED", "CANCELING") and runs and all(
+                r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs):
+            return runs
+        assert time.monotonic() < deadline, b
+        time.sleep(5)
+
+
 def eventpipe(up: Up, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "eventpipe_cli.main", *args], env=up.env, capture_output=True, text=True,
                           timeout=120)
@@ -285,6 +306,16 @@ def test_quiet_days_get_marts_by_themselves_and_a_runtime_funnel(up: Up) -> None
         sender.send(LATE)
         took = wait_for(up.settings, hand_computed(late=True), 600, "late event", logs)
         print(f"late event: marts updated {took:.0f}s after sending")
+
+    # 4. a CLI backfill of a day's hours: one asset-backfill run of 24 hours, steps in-process; the marts stay right
+    backfilled = eventpipe(up, "backfill", "--from", D4.isoformat(), "--to", D4.isoformat())
+    assert backfilled.returncode == 0 and "24 hours in 1 run(s)" in backfilled.stdout, backfilled.stderr + backfilled.stdout
+    backfill_id = backfilled.stdout.split()[1].rstrip(":")
+    runs = wait_backfill(up, backfill_id, 600)
+    assert [r["status"] for r in runs] == ["SUCCESS"], runs
+    messages = [e.get("message") or "" for e in runs[0]["eventConnection"]["events"]]
+    assert any("Executing steps in process" in m for m in messages), messages[:20]
+    wait_for(up.settings, hand_computed(late=True), 600, "after the backfill", logs)
     # a day with no events at all: no rows, none of its hours loaded (never filled), and it blocked nothing (D4, D5
     # are built beyond it)
     from demo.dagster_api import DagsterAPI
@@ -306,7 +337,8 @@ def test_quiet_days_get_marts_by_themselves_and_a_runtime_funnel(up: Up) -> None
 @pytest.mark.timeout(600)
 def test_up_stops_every_process_and_frees_every_port_under_load(up: Up) -> None:
     ports = [int(up.env["KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1]), up.settings.clickhouse.port,
-             up.settings.collector_port, up.settings.dagster_port, int(up.env["CONSUMER_METRICS_PORT"])]
+             up.settings.collector_port, up.settings.dagster_port, int(up.env["CONSUMER_METRICS_PORT"]),
+             up.settings.query_api_port]
     before = marked_processes(up.mark, up.proc.pid)
     names = " ".join(before.values())
     assert "dagster" in names and "tansu" in names and "chserver" in names, before  # the stack really runs
