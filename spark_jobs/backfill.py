@@ -2,24 +2,24 @@
 
 Why this shape: enriching hour *h* needs the session state at the end of *h-1* and the identities
 learned up to *h-1*, so the hour chain is sequential. But both only ever depend on the **session
-key** (device, else user — :func:`orchestration.enrichment.rules.session_key`): sessions, identity
+key** (device, else user — :func:`enrichment.rules.session_key`): sessions, identity
 stitching (device -> user) and the bot rate rule are all per device. So the job splits every hour by
 a stable hash of the session key into buckets and walks the hours in order *inside each bucket*,
-calling the very same :func:`~orchestration.enrichment.rules.enrich_hour` on the bucket's slice of
+calling the very same :func:`~enrichment.rules.enrich_hour` on the bucket's slice of
 the hour. Per-key state never crosses buckets, so the result equals the whole-hour call row for row.
 
 Stages (all on executors, each parallel):
 
-1. per hour: :func:`orchestration.lake.io.read_raw_hour` (committed objects only, ``ingested_at``
+1. per hour: :func:`enrichment.lake_io.read_raw_hour` (committed objects only, ``ingested_at``
    = commit time), global de-duplication by ``insert_id`` with
-   :func:`~orchestration.enrichment.rules.dedupe` (duplicates may carry different devices, so this
+   :func:`~enrichment.rules.dedupe` (duplicates may carry different devices, so this
    must happen before the split), split into buckets;
 2. shuffle by bucket, sorted by hour; per bucket: walk the hours carrying session state and an
    :class:`IdentityLedger` (ClickHouse ``identity_map`` semantics: earliest ``(first_seen, user_id)``
    per device), ``enrich_hour`` per hour;
 3. shuffle by hour; per hour: merge the bucket slices in the output order of the rules
    (``event_time, insert_id`` — unique after de-duplication), :func:`to_parquet_bytes`,
-   :func:`orchestration.lake.io.write_enriched` (one object per hour, replaced whole).
+   :func:`enrichment.lake_io.write_enriched` (one object per hour, replaced whole).
 
 The driver lists commit records, loads the initial carry and identity map (inputs written by the
 Dagster asset), broadcasts them and collects per-hour stats and learned identities (small).
@@ -41,10 +41,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from eventpipe_core.lake_catalog import CommitRecord, hour_key
-from eventpipe_core.lake_store import LakeStore, open_lake
-from eventpipe_core.settings import load_settings
-from orchestration.enrichment.rules import (
+from enrichment.lake_io import carry_into, hour_parts, hours_between, load_commit_records, read_raw_hour, write_enriched
+from enrichment.rules import (
     ENRICHED_SCHEMA,
     EnrichmentConfig,
     dedupe,
@@ -53,7 +51,9 @@ from orchestration.enrichment.rules import (
     session_state_from_enriched,
     to_parquet_bytes,
 )
-from orchestration.lake.io import hour_parts, hours_between, load_commit_records, read_raw_hour, write_enriched
+from eventpipe_core.lake_catalog import CommitRecord, hour_key
+from eventpipe_core.lake_store import LakeStore, open_lake
+from eventpipe_core.settings import load_settings
 
 # Identity map input: ClickHouse identity_map reduced to the earliest (first_seen, user_id) per device.
 IDENTITY_SCHEMA = pa.schema([("device_id", pa.string()), ("user_id", pa.string()), ("first_seen_ms", pa.int64())])
@@ -224,7 +224,7 @@ def enrich_buckets(items: Iterator[tuple[tuple[int, int], tuple[bytes | None, di
                    hours: list[datetime], spec: BackfillSpec, carry0: Carry, known: Mapping[str, tuple[int, str]],
                    ) -> Iterator[tuple[int, tuple[bytes | None, dict[str, int], bytes | None]]]:
     """Items sorted by (bucket, hour index) -> (hour index, (enriched slice, stats, learned identities))."""
-    from orchestration.enrichment.geoip import open_geoip
+    from enrichment.geoip import open_geoip
 
     config = spec.config
     geo = open_geoip(Path(spec.geoip_db_path) if spec.geoip_db_path else None)
@@ -306,9 +306,7 @@ def initial_carry(spec: BackfillSpec, records: list[CommitRecord]) -> Carry:
     """Session state entering the first hour: the carry file the asset wrote, else the asset's own rule."""
     if spec.carry_path:
         return read_carry(spec.carry_path)
-    from orchestration.lake.assets import _carry_into  # the in-process asset's rule, not a copy
-
-    return _carry_into(spec.open_lake(), spec.hours[0], records, spec.config)
+    return carry_into(spec.open_lake(), spec.hours[0], records, spec.config)  # the in-process asset's rule
 
 
 def run_backfill(spark: Any, spec: BackfillSpec, log: Callable[[str], None] = print) -> BackfillOutcome:

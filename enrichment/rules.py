@@ -1,8 +1,8 @@
 """Enrichment rules for one event hour: pure functions over pandas/Arrow, no Dagster, no I/O.
 
-The Dagster asset (``orchestration.lake.assets``) and the Spark job (``spark_jobs``, via
-``mapInPandas``/``applyInPandas`` per hour) both call :func:`enrich_hour`, so the two paths
-produce the same rows. Everything that is not in the hour's raw rows comes in explicitly:
+The Dagster asset (``orchestration.lake.assets``) and the Spark job (``spark_jobs``, per session-key
+bucket of an hour) both call :func:`enrich_hour`, so the two paths produce the same rows. Everything
+that is not in the hour's raw rows comes in explicitly:
 
 * ``carry`` — session state at the end of the previous hour (:func:`session_state_from_enriched`),
   which is how sessions crossing an hour boundary keep their ``session_id``;
