@@ -2,7 +2,7 @@
 
 Why this shape: enriching hour *h* needs the session state at the end of *h-1* and the identities
 learned up to *h-1*, so the hour chain is sequential. But both only ever depend on the **session
-key** (device, else user — :func:`enrichment.rules.session_key`): sessions, identity
+key** (device, else user — :func:`enrichment.rules.session_keys`): sessions, identity
 stitching (device -> user) and the bot rate rule are all per device. So the job splits every hour by
 a stable hash of the session key into buckets and walks the hours in order *inside each bucket*,
 calling the very same :func:`~enrichment.rules.enrich_hour` on the bucket's slice of
@@ -12,7 +12,7 @@ Stages (all on executors, each parallel):
 
 1. per hour: :func:`enrichment.lake_io.read_raw_hour` (committed objects only, ``ingested_at``
    = commit time), global de-duplication by ``insert_id`` with
-   :func:`~enrichment.rules.dedupe` (duplicates may carry different devices, so this
+   :func:`~enrichment.rules.dedupe_indices` (duplicates may carry different devices, so this
    must happen before the split), split into buckets;
 2. shuffle by bucket, sorted by hour; per bucket: walk the hours carrying session state and an
    :class:`IdentityLedger` (ClickHouse ``identity_map`` semantics: earliest ``(first_seen, user_id)``
@@ -39,15 +39,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from enrichment.lake_io import carry_into, hour_parts, hours_between, load_commit_records, read_raw_hour, write_enriched
 from enrichment.rules import (
     ENRICHED_SCHEMA,
     EnrichmentConfig,
-    dedupe,
+    dedupe_indices,
     enrich_hour,
-    session_key,
+    session_keys,
     session_state_from_enriched,
     to_parquet_bytes,
 )
@@ -203,14 +204,15 @@ def split_hour(index: int, hour: datetime, spec: BackfillSpec, records: list[Com
 
     The hour's raw stats ride on bucket 0, which always gets an item, so every hour reaches stage 3."""
     raw = read_raw_hour(spec.open_lake(), hour, records)
-    kept = dedupe(raw.select(_DEDUPE_COLUMNS).to_pandas())
-    stats = {"raw_rows": raw.num_rows, "duplicates": raw.num_rows - len(kept)}
+    rows = dedupe_indices(raw.select(_DEDUPE_COLUMNS))
+    stats = {"raw_rows": raw.num_rows, "duplicates": raw.num_rows - len(rows)}
     out: list[tuple[tuple[int, int], tuple[bytes | None, dict[str, int] | None]]] = []
     by_bucket: dict[int, np.ndarray] = {}
-    if len(kept):
-        b = session_key(kept).map(lambda k: bucket_of(k, buckets)).to_numpy()
-        rows = kept.index.to_numpy()
-        by_bucket = {int(x): np.sort(rows[b == x]) for x in np.unique(b)}
+    if len(rows):
+        keys = pc.dictionary_encode(session_keys(raw.select(_DEDUPE_COLUMNS).take(pa.array(rows))))
+        per_key = np.array([bucket_of(k, buckets) for k in keys.dictionary.to_pylist()], dtype=np.int64)  # once per key
+        b = per_key[keys.indices.to_numpy(zero_copy_only=False)]
+        by_bucket = {int(x): rows[b == x] for x in np.unique(b)}
     for x in sorted(set(by_bucket) | {0}):
         data = to_ipc(raw.take(pa.array(by_bucket[x]))) if x in by_bucket else None
         out.append(((x, index), (data, stats if x == 0 else None)))
@@ -239,7 +241,7 @@ def enrich_buckets(items: Iterator[tuple[tuple[int, int], tuple[bytes | None, di
             if i == 0:
                 carry = carry0
             elif prev[0] == i - 1 and prev[1] is not None:
-                carry = session_state_from_enriched(prev[1].to_pandas(), hour, config.session_timeout)
+                carry = session_state_from_enriched(prev[1], hour, config.session_timeout)
             else:  # the bucket had no rows in the previous hour: nothing can continue
                 carry = {}
             stats = dict(raw_stats or {})

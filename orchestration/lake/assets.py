@@ -85,7 +85,7 @@ def _build(settings: Settings) -> dg.AssetsDefinition:
                                  geo_lookup=geo, config=rules)
             keys.append(write_enriched(store, hour, to_parquet_bytes(result.table)))
             write_identities(client, plan, result.identities)
-            carry = session_state_from_enriched(result.table.to_pandas(), hour + ONE_HOUR, rules.session_timeout)
+            carry = session_state_from_enriched(result.table, hour + ONE_HOUR, rules.session_timeout)
             for k, v in result.stats.items():
                 totals[k] = totals.get(k, 0) + v
             context.log.info(f"enriched {hour:%Y-%m-%d %H:00}: {result.stats}")
