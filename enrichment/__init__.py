@@ -14,7 +14,9 @@ Public API (everything else is private to the package):
 * :mod:`enrichment.lake_io` — :func:`read_raw_hour` (committed objects only, ``ingested_at`` = commit time),
   :func:`write_enriched` / :func:`read_enriched` / :func:`read_enriched_table` (one object per hour),
   :func:`carry_into` (session state entering an hour), :func:`load_commit_records`, :func:`hours_between`,
-  :func:`hour_parts`, :func:`enriched_key`, :func:`partition_key_to_hour`.
+  :func:`hour_parts`, :func:`enriched_key`, :func:`partition_key_to_hour`, :func:`read_visible_object`;
+* :mod:`enrichment.compaction` — :func:`compact_lake` (one object per (Kafka partition, closed hour), behind
+  compaction records readers apply), :func:`plan_compaction`, :func:`compact_group`, :func:`vacuum`.
 """
 
 from enrichment.lake_io import (

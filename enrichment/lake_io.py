@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from enrichment.rules import EnrichmentConfig, enrich_hour, session_state_from_enriched
 from eventpipe_core.event_model import RAW_EVENT_SCHEMA
-from eventpipe_core.lake_catalog import ENRICHED_PREFIX, CommitRecord, hour_dir, iter_commit_records
+from eventpipe_core.lake_catalog import ENRICHED_PREFIX, CommitRecord, VisibleObject, hour_dir, hour_objects, iter_commit_records
 from eventpipe_core.lake_store import LakeStore
 
 ENRICHED_FILE = "part-00000.parquet"
@@ -51,20 +51,24 @@ def load_commit_records(lake: LakeStore) -> list[CommitRecord]:
     return list(iter_commit_records(lake))
 
 
+def read_visible_object(lake: LakeStore, visible: VisibleObject) -> tuple[pa.Table, int]:
+    """One visible object as RAW_WITH_INGESTED rows (and its size in bytes)."""
+    data = lake.get(visible.object.key)
+    t = pq.read_table(io.BytesIO(data))
+    if visible.committed_at_ms is None:  # compacted: carries ingested_at
+        return t.select(RAW_WITH_INGESTED.names).cast(RAW_WITH_INGESTED), len(data)
+    t = t.select(RAW_EVENT_SCHEMA.names).cast(RAW_EVENT_SCHEMA)
+    ingested = pa.array([visible.committed_at_ms] * t.num_rows, type=pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
+    return t.append_column(RAW_WITH_INGESTED.field("ingested_at"), ingested), len(data)
+
+
 def read_raw_hour(lake: LakeStore, hour_start: datetime, records: Iterable[CommitRecord] | None = None) -> pa.Table:
-    """The committed raw rows of one hour (RAW_EVENT_SCHEMA + ``ingested_at``), in a stable order."""
+    """The visible raw rows of one hour (RAW_EVENT_SCHEMA + ``ingested_at``), in a stable order.
+
+    Committed objects get ``ingested_at`` = their batch's commit time; compacted objects carry it
+    (eventpipe_core.lake_catalog), so an hour reads the same rows before and after compaction."""
     date, hour = hour_parts(hour_start)
-    found: list[tuple[str, int]] = []
-    for record in records if records is not None else iter_commit_records(lake):
-        for obj in record.objects:
-            if obj.event_date == date and obj.event_hour == hour:
-                found.append((obj.key, record.committed_at_ms))
-    tables = []
-    for key, committed_at_ms in sorted(set(found)):
-        t = pq.read_table(io.BytesIO(lake.get(key)))
-        t = t.select(RAW_EVENT_SCHEMA.names).cast(RAW_EVENT_SCHEMA)
-        ingested = pa.array([committed_at_ms] * t.num_rows, type=pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
-        tables.append(t.append_column(RAW_WITH_INGESTED.field("ingested_at"), ingested))
+    tables = [read_visible_object(lake, v)[0] for v in hour_objects(lake, date, hour, records)]
     if not tables:
         return RAW_WITH_INGESTED.empty_table()
     return pa.concat_tables(tables)
@@ -101,4 +105,4 @@ def carry_into(
         if raw.num_rows == 0:
             return {}
         table = enrich_hour(raw, hour_start=prev, config=config).table
-    return session_state_from_enriched(table.to_pandas(), hour, config.session_timeout)
+    return session_state_from_enriched(table, hour, config.session_timeout)
