@@ -8,7 +8,8 @@ Public API (everything else is private to the package):
 
 * :mod:`enrichment.rules` — :func:`enrich_hour` (raw rows -> :data:`ENRICHED_SCHEMA` rows, deterministic),
   :class:`EnrichmentConfig`, :class:`EnrichResult`, :class:`GeoRecord`, :class:`UserAgentInfo`, :func:`dedupe`,
-  :func:`session_key`, :func:`session_state_from_enriched` (the carry for the next hour), :func:`parse_user_agent`,
+  :func:`session_key`, :func:`merge_identity_map`, :func:`session_state_from_enriched` (the carry for the
+  next hour), :func:`parse_user_agent`,
   :func:`to_parquet_bytes` (fixed writer options: same rows, same bytes), :func:`plan_violation_count`;
 * :mod:`enrichment.geoip` — :func:`open_geoip` (MaxMind reader, or None when unconfigured);
 * :mod:`enrichment.lake_io` — :func:`read_raw_hour` (committed objects only, ``ingested_at`` = commit time),
@@ -40,6 +41,7 @@ from enrichment.rules import (
     UserAgentInfo,
     dedupe,
     enrich_hour,
+    merge_identity_map,
     parse_user_agent,
     plan_violation_count,
     session_key,
@@ -49,7 +51,8 @@ from enrichment.rules import (
 
 __all__ = [
     "ENRICHED_COLUMNS", "ENRICHED_SCHEMA", "EnrichResult", "EnrichmentConfig", "GeoRecord", "UserAgentInfo", "carry_into",
-    "dedupe", "enrich_hour", "enriched_key", "hour_parts", "hours_between", "load_commit_records", "parse_user_agent",
+    "dedupe", "enrich_hour", "enriched_key", "merge_identity_map",
+    "hour_parts", "hours_between", "load_commit_records", "parse_user_agent",
     "partition_key_to_hour", "plan_violation_count", "read_enriched", "read_enriched_table", "read_raw_hour",
     "session_key", "session_state_from_enriched", "to_parquet_bytes", "write_enriched",
 ]

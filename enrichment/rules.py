@@ -334,6 +334,11 @@ def earliest_users(learned: pd.DataFrame) -> dict[str, str]:
     return dict(zip(ordered["device_id"].tolist(), ordered["user_id"].tolist(), strict=True))
 
 
+def merge_identity_map(known: Mapping[str, str], learned: pd.DataFrame) -> dict[str, str]:
+    """device -> user: the earliest user seen on a device wins (known map first, then ``learned``)."""
+    return {**earliest_users(learned), **known}
+
+
 def resolve_identity(table: pa.Table, known: Mapping[str, str], learned: Mapping[str, str]) -> tuple[pa.Array, pa.Array]:
     """(resolved_user_id, actor_id): user_id as sent, else the device's stitched user (``known`` first, then
     ``learned``); actor falls back to the device, then ""."""

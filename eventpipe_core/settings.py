@@ -120,6 +120,19 @@ class Settings(BaseSettings):
     marts_freshness_fail_hours: int = Field(default=26, ge=1)  # daily marts SLA
     marts_freshness_warn_hours: int = Field(default=25, ge=1)
     backfill_max_partitions_per_run: int = Field(default=24, ge=1)  # hours per backfill run
+    # --- orchestration: complete days (issue 12) ---------------------------------------------
+    # A day is complete this long after its end (UTC): the landing sensor then loads its hours with nothing
+    # landed as empty, so the day's marts can build. Late events after that still re-load their hour.
+    landing_window_seconds: int = Field(default=300, ge=0)
+    # --- embedded stack: stopping (issue 12) ---------------------------------------------------
+    # `eventpipe up`: SIGTERM a component's process group, then SIGKILL what is left after this long.
+    stack_stop_grace_seconds: float = Field(default=20.0, ge=0)
+
+    # --- query service (query_service/: the Amplitude-compatible analytics API) --------------------
+    query_api_host: str = "127.0.0.1"
+    query_api_port: int = Field(default=8090, ge=1, le=65535)
+    query_max_execution_s: float = Field(default=60.0, gt=0)  # per ClickHouse query of the API
+    query_auth_cache_s: float = Field(default=5.0, ge=0)  # how long a verified api_key:secret_key stays trusted
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

@@ -8,6 +8,12 @@
 
 ``orchestration.definitions.defs`` (the code location) is ``build_definitions()`` with the process
 settings; tests call :func:`build_definitions` with their own settings and ``include_dbt=False``.
+
+Every asset job runs in-process (``executor=in_process_executor``): the runs that asset backfills from
+the UI, automation and the funnel backfills launch (Dagster's implicit asset job) would otherwise use
+the multiprocess executor — a process and ~25 s of imports per step here (DESIGN §10) — while their
+steps run one after another anyway. Backfill policies cut hourly ranges into runs of
+``BACKFILL_MAX_PARTITIONS_PER_RUN`` hours and the marts into one dbt run per range.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ def build_definitions(settings: Settings | None = None, include_dbt: bool = True
         ],
         schedules=[build_catchup_schedule(settings, job), compaction_schedule],
         resources=resources,
+        executor=dg.in_process_executor,
     )
     return dg.Definitions.merge(core, extra) if extra is not None else core
 

@@ -110,10 +110,12 @@ def pkey(hour: datetime) -> str:
 
 
 @pytest.fixture(name="orch")
-def orch_fixture(tmp_path: Path, chserver: ChServer) -> Iterator[Env]:
-    """A temp lake, a fresh database on the session chserver, an ephemeral Dagster instance."""
+def orch_fixture(tmp_path: Path, chserver: ChServer, request: pytest.FixtureRequest) -> Iterator[Env]:
+    """A temp lake, a fresh database on the session chserver, an ephemeral Dagster instance
+    (``@pytest.mark.orch_settings(name=value)`` overrides settings)."""
     database = f"t_{uuid.uuid4().hex[:10]}"
-    settings = load_settings(
+    marker = request.node.get_closest_marker("orch_settings")
+    settings = load_settings(**(marker.kwargs if marker else {}),
         eventpipe_home=tmp_path, lake_url=(tmp_path / "lake").as_uri(),
         clickhouse_url=chserver.clickhouse_url.rsplit("/", 1)[0] + f"/{database}",
         geoip_db_path=write_geoip_db(tmp_path / "city.mmdb"), bot_max_events_per_minute=5,

@@ -181,3 +181,12 @@ def test_pandas_input_and_empty_hour_agree() -> None:
     assert_same(RAW_EVENT_SCHEMA.empty_table(), H0, carry={"d:x": (1, 1)})
     assert to_parquet_bytes(enrich_hour(raw.to_pandas(), hour_start=H0).table) == to_parquet_bytes(
         enrich_hour(raw, hour_start=H0).table)
+
+
+def test_merge_identity_map_agrees() -> None:
+    learned = pd.DataFrame({"device_id": ["d1", "d1", "d2", "d3"], "user_id": ["b", "a", "x", "y"],
+                            "first_seen": pd.to_datetime([5, 5, 1, 2], unit="ms", utc=True)})
+    from enrichment.rules import merge_identity_map
+
+    assert merge_identity_map({"d3": "known"}, learned) == ref.merge_identity_map({"d3": "known"}, learned) == {
+        "d1": "a", "d2": "x", "d3": "known"}
