@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     spark_backfill_buckets: int = Field(default=0, ge=0)  # session-key buckets (Spark tasks); 0 = default parallelism
     spark_submit_conf: str = ""  # extra `key=value` Spark settings, whitespace-separated (cluster, s3a, memory)
 
+    # --- lake compaction (enrichment.compaction, the raw_events_compaction asset) ---------------
+    lake_compaction_closed_after_s: float = Field(default=3600.0, ge=0)  # hours are compacted this long after they end
+    lake_compaction_retain_s: float = Field(default=3600.0, ge=0)  # replaced objects outlive their compaction this long
+    lake_compaction_cron: str = "15 * * * *"  # schedule of the compaction asset (UTC)
+
     # --- orchestration (Dagster assets, sensors, SLAs) ---------------------------------------
     dagster_partitions_start: str = "2024-01-01"  # first hourly/daily partition (UTC date)
     session_timeout_minutes: int = Field(default=30, ge=1)  # inactivity gap that starts a new session

@@ -16,12 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from enrichment.lake_io import hour_parts
 from eventpipe_core.event_model import RAW_EVENT_SCHEMA, hour_partition
 from eventpipe_core.lake_catalog import RAW_PREFIX, CommitRecord, LandedObject, hour_dir, hour_key
 from eventpipe_core.lake_store import LakeStore, open_lake
 from eventpipe_core.settings import Settings, load_settings
 from orchestration.assemble import build_definitions
-from orchestration.lake.io import hour_parts
 from tests.chserver_support import ChServer
 
 CHROME_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"

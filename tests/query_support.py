@@ -15,9 +15,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from enrichment.rules import ENRICHED_SCHEMA, to_parquet_bytes
 from orchestration.clickhouse.load import load_hour
 from orchestration.clickhouse.schema import SchemaPlan, ensure_plan
-from orchestration.enrichment.rules import ENRICHED_SCHEMA, to_parquet_bytes
 
 HOUR_MS = 3_600_000
 TTL_DAYS = 36500  # fixed past dates in tests must survive the events TTL

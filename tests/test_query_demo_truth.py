@@ -23,13 +23,13 @@ from starlette.testclient import TestClient
 
 from demo.generator import DemoConfig, generate
 from demo.truth import FUNNELS, expected_figures
+from enrichment.rules import EnrichmentConfig, enrich_hour, merge_identity_map, to_parquet_bytes
 from eventpipe_core.event_model import encode_envelope, envelope_to_row, make_envelope, rows_to_table
 from eventpipe_core.metadata import MetadataStore
 from eventpipe_core.metadata.secrets import create_key_with_secret
 from eventpipe_core.settings import load_settings
 from orchestration.clickhouse.load import load_hour
 from orchestration.clickhouse.schema import SchemaPlan, ensure_plan
-from orchestration.enrichment.rules import EnrichmentConfig, enrich_hour, merge_identity_map, to_parquet_bytes
 from query_service.app import create_app
 from tests.chserver_support import ChServer
 from tests.query_support import TTL_DAYS

@@ -17,8 +17,8 @@ from typing import Any
 import clickhouse_connect
 import pytest
 
-from orchestration.enrichment.rules import to_parquet_bytes
-from orchestration.lake.io import enriched_key
+from enrichment.lake_io import enriched_key
+from enrichment.rules import to_parquet_bytes
 from query_service import params as P
 from query_service.compile import funnel as F
 from query_service.compile import retention as R
