@@ -156,7 +156,7 @@ def geo(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     db.close()
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(first=raw_rows(H0, 40), second=raw_rows(H1, 40), timeout_min=st.sampled_from([1, 30]),
        max_rate=st.sampled_from([2, 5, 100]), known=st.dictionaries(st.sampled_from(DEVICES[:-1]), st.sampled_from(
            ["bob", "dave"]), max_size=3), with_geo=st.booleans(), with_ingested=st.booleans(),
