@@ -30,7 +30,7 @@ EXPECTED = (N, sum(range(N)), sum(len(f"name-{i}") for i in range(N)))  # count,
 
 @pytest.fixture()
 def http(chserver: ChServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=chserver.url, timeout=60) as c:
+    with httpx.Client(base_url=chserver.url, timeout=60, auth=chserver.auth) as c:
         yield c
 
 
@@ -57,9 +57,10 @@ def assert_ch_error(r: httpx.Response, status: int, code: int) -> None:
     assert "(version " in r.text
 
 
-def raw_get(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+def raw_get(url: str, headers: dict[str, str], auth: tuple[str, str]) -> tuple[int, dict[str, str], bytes]:
     """urllib does not decode Content-Encoding: the test sees exactly what the server sent."""
-    req = urllib.request.Request(url, headers=headers)
+    token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    req = urllib.request.Request(url, headers={**headers, "Authorization": f"Basic {token}"})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, dict(resp.headers), resp.read()
@@ -234,13 +235,13 @@ def test_compressed_request_bodies(http: httpx.Client, table: str, method: str) 
 def test_compressed_responses(chserver: ChServer, method: str) -> None:
     url = f"{chserver.url}/?query=SELECT+number+FROM+numbers(10000)&enable_http_compression=1"
     expected = "".join(f"{i}\n" for i in range(10000)).encode()
-    status, headers, body = raw_get(url, {"Accept-Encoding": f"{method}, identity;q=0.5"})
+    status, headers, body = raw_get(url, {"Accept-Encoding": f"{method}, identity;q=0.5"}, chserver.auth)
     assert status == 200
     assert headers.get("content-encoding") == method
     assert len(body) < len(expected)
     assert decode(body, method) == expected
     # without enable_http_compression=1 the response is plain even if the client accepts compression
-    status, headers, body = raw_get(url.replace("&enable_http_compression=1", ""), {"Accept-Encoding": method})
+    status, headers, body = raw_get(url.replace("&enable_http_compression=1", ""), {"Accept-Encoding": method}, chserver.auth)
     assert "content-encoding" not in {k.lower() for k in headers} and body == expected
 
 
@@ -281,6 +282,12 @@ def test_wrong_content_encoding(http: httpx.Client) -> None:
 
 # --- users ---------------------------------------------------------------------------------------------------
 def test_users_by_basic_auth_headers_and_parameters(http: httpx.Client, table: str) -> None:
+    with httpx.Client(base_url=http.base_url, timeout=60) as anonymous:
+        _check_users(anonymous, table)
+    assert totals(http, table)[0] == 0
+
+
+def _check_users(http: httpx.Client, table: str) -> None:
     basic = "Basic " + base64.b64encode(f"{READER[0]}:{READER[1]}".encode()).decode()
     headers_ok = [
         {"Authorization": basic},
@@ -305,7 +312,6 @@ def test_users_by_basic_auth_headers_and_parameters(http: httpx.Client, table: s
     ]
     for headers in wrong:
         assert_ch_error(http.post("/", content=b"SELECT 1", headers=headers), 403, 516)
-    assert totals(http, table)[0] == 0
 
 
 # --- concurrency -----------------------------------------------------------------------------------------------
@@ -313,7 +319,7 @@ def test_long_query_does_not_block_ping_or_other_queries(chserver: ChServer) -> 
     done: list[float] = []
 
     def long_query() -> None:
-        with httpx.Client(base_url=chserver.url, timeout=60) as c:
+        with httpx.Client(base_url=chserver.url, timeout=60, auth=chserver.auth) as c:
             t0 = time.monotonic()
             r = c.post("/", content=b"SELECT sleep(2), sleep(1)")
             assert r.status_code == 200
@@ -322,7 +328,7 @@ def test_long_query_does_not_block_ping_or_other_queries(chserver: ChServer) -> 
     worker = threading.Thread(target=long_query)
     worker.start()
     time.sleep(0.3)
-    with httpx.Client(base_url=chserver.url, timeout=10) as c:
+    with httpx.Client(base_url=chserver.url, timeout=10, auth=chserver.auth) as c:
         latencies = []
         for _ in range(10):
             t0 = time.monotonic()

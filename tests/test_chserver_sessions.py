@@ -11,7 +11,7 @@ from tests.chserver_support import ChServer
 
 
 def _q(server: ChServer, sql: str, **params: str) -> httpx.Response:
-    return httpx.post(server.url + "/", params=params, content=sql.encode(), timeout=30)
+    return httpx.post(server.url + "/", params=params, content=sql.encode(), timeout=30, auth=server.auth)
 
 
 def test_temporary_tables_and_settings_live_in_their_session(chserver: ChServer) -> None:
