@@ -28,6 +28,7 @@ dialect switches and the profile's limits cannot be raised (ClickHouse's setting
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass, field
 
@@ -60,7 +61,7 @@ class Profile:
     """A user's limits and permissions (ClickHouse's settings profile + grants, in one place)."""
 
     restricted: bool = False  # False: the writer, no checks at all
-    databases: frozenset[str] = frozenset()  # permitted databases (restricted users)
+    databases: frozenset[str] = frozenset()  # permitted databases (restricted users); fnmatch patterns allowed
     default_database: str = "default"
     table_functions: frozenset[str] = SAFE_TABLE_FUNCTIONS  # lower-cased allowlist
     file_roots: tuple[str, ...] = ()  # file() allowed under these absolute directories
@@ -69,8 +70,14 @@ class Profile:
     limits: dict[str, int] = field(default_factory=dict)  # max_execution_time, max_memory_usage, … (0 = unlimited)
     max_concurrent_queries: int = 0  # 0 = no per-user limit
 
+    def permits(self, database: str) -> bool:
+        """A permitted database: listed, or matching a listed pattern (``dbt_*``)."""
+        if database in self.databases:
+            return True
+        return any(fnmatch.fnmatchcase(database, p) for p in self.databases if any(c in p for c in "*?["))
+
     def check_database(self, user: str, database: str) -> None:
-        if self.restricted and database not in self.databases:
+        if self.restricted and not self.permits(database):
             raise ClickHouseError(ACCESS_DENIED, f"{user}: Not enough privileges. To execute this query, it's necessary "
                                   f"to have the grant SHOW DATABASES ON {database}.*")
 
@@ -164,13 +171,13 @@ def check_ast(
             if len(parts) > 2:
                 _deny(user, f"table name {node.text!r} is ambiguous")
             db = parts[0] if len(parts) == 2 else current_db
-            if db not in profile.databases:
+            if not profile.permits(db):
                 _deny(user, f"database {db} is not permitted for this user")
         elif node.kind == "Identifier":
             # x IN db.t, EXISTS db.t, SHOW TABLES FROM db, USE db …: a name that is an existing database
             # other than a permitted one is refused (a column or alias spelled like one is refused too)
             first = node.text.split(".")[0]
-            if first in databases and first not in profile.databases:
+            if first in databases and not profile.permits(first):
                 _deny(user, f"database {first} is not permitted for this user")
         elif node.kind == "Literal" and parent is not None and (
             parent.kind.endswith("Query") or parent.kind.startswith("Show")
@@ -211,7 +218,7 @@ def check_canonical(user: str, profile: Profile, canonical: str, databases: set[
         word = tok.text if tok.kind == "word" else tok.text[1:-1].replace("``", "`") if tok.kind == "qid" else ""
         if prev == "INTO" and tok.text.upper() == "OUTFILE":
             _deny(user, "INTO OUTFILE is not allowed")
-        if word and word in databases and word not in profile.databases:
+        if word and word in databases and not profile.permits(word):
             _deny(user, f"database {word} is not permitted for this user")
         prev = tok.text.upper() if tok.kind == "word" else ""
 
