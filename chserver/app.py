@@ -211,9 +211,10 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
                 # clickhouse-connect sends the query and long bound parameters as form fields
                 params, body = merge_form_fields(params, headers["content-type"], body)
             loop = asyncio.get_running_loop()
-            result, payload, encoding = await loop.run_in_executor(
-                engine.executor_for(user.profile), run, request.method, params, headers, body, user.name
-            )
+            with engine.admission(user.name, user.profile):
+                result, payload, encoding = await loop.run_in_executor(
+                    engine.executor_for(user.profile), run, request.method, params, headers, body, user.name
+                )
         except ClickHouseError as exc:
             return error_response(exc, query_id)
         except Exception as exc:  # noqa: BLE001 - any failure is a ClickHouse-style error, never a crash

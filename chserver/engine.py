@@ -28,7 +28,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,21 +277,26 @@ class Engine:
     def executor_for(self, profile: Profile) -> ThreadPoolExecutor:
         return self.restricted_executor if profile.restricted else self.executor
 
-    def execute(self, req: QueryRequest) -> QueryResult:
-        """Run one request (blocking; call from :meth:`executor_for`); per-user concurrency is limited here."""
-        limit = req.profile.max_concurrent_queries
+    @contextmanager
+    def admission(self, user: str, profile: Profile) -> Iterator[None]:
+        """Count a user's queries from arrival (queued ones too); over the profile's limit → code 202 at once."""
+        limit = profile.max_concurrent_queries
         with self._running_lock:
-            running = self._running.get(req.user, 0)
+            running = self._running.get(user, 0)
             if limit and running >= limit:
                 raise ClickHouseError(
-                    TOO_MANY_SIMULTANEOUS_QUERIES, f"Too many simultaneous queries for user {req.user}. Maximum: {limit}"
+                    TOO_MANY_SIMULTANEOUS_QUERIES, f"Too many simultaneous queries for user {user}. Maximum: {limit}"
                 )
-            self._running[req.user] = running + 1
+            self._running[user] = running + 1
         try:
-            return self._execute(req)
+            yield
         finally:
             with self._running_lock:
-                self._running[req.user] -= 1
+                self._running[user] -= 1
+
+    def execute(self, req: QueryRequest) -> QueryResult:
+        """Run one request on its own connection (blocking; call from :meth:`executor_for`)."""
+        return self._execute(req)
 
     def _execute(self, req: QueryRequest) -> QueryResult:
         """Run one request on its own connection."""

@@ -210,3 +210,71 @@ def test_browser_cross_origin_requests_are_refused(setup: ChServer) -> None:
 def test_newline_in_ids_is_400(setup: ChServer, name: str) -> None:
     r = httpx.post(setup.url + "/", params={name: "a\nb"}, content=b"SELECT 1", auth=setup.auth, timeout=30)
     assert (r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) == (400, "36"), r.text
+
+
+# --- the trusted service user: reader rules plus file() on the lake only -------------------------------------
+@pytest.fixture()
+def service(setup: ChServer) -> Iterator[tuple[httpx.Client, Path]]:
+    from eventpipe_core.settings import ensure_credentials
+
+    home = setup.data_dir.parent  # the server's EVENTPIPE_HOME: credentials file and default lake live there
+    password = ensure_credentials(home / "chserver-credentials", ["query_service"])["query_service"]
+    lake = home / "lake" / "enriched" / "sec"
+    lake.mkdir(parents=True, exist_ok=True)
+    (lake / "part.csv").write_text("1,a\n2,b\n")
+    with httpx.Client(base_url=setup.url, auth=("query_service", password), timeout=60) as c:
+        yield c, lake
+
+
+def test_service_user_reads_the_lake_and_nothing_else(service: tuple[httpx.Client, Path], reader: httpx.Client) -> None:
+    client, lake = service
+    ok = f"SELECT count(), sum(c1) FROM file('{lake}/*.csv', 'CSV')"
+    r = client.post("/", content=ok.encode())
+    assert (r.status_code, r.text) == (200, "2\t3\n"), r.text
+    assert client.post("/", content=b"SELECT count() FROM analytics.sec_t").text == "1\n"
+    for sql in (
+        "SELECT * FROM file('/etc/passwd', 'LineAsString')",
+        f"SELECT * FROM file('{lake}/../../../chserver-credentials', 'LineAsString')",
+        f"SELECT * FROM file('{lake.parent.parent}x/a.csv', 'CSV')",  # a sibling dir sharing the prefix
+        "SELECT * FROM file({p:String}, 'LineAsString')",  # not a literal: cannot be checked
+        "SELECT * FROM url('http://127.0.0.1:1/', 'LineAsString')",
+        f"SELECT 1 INTO OUTFILE '{lake}/pwned.txt'",
+        "SELECT * FROM secret_db.t",
+    ):
+        r = client.post("/", content=sql.encode(), params={"param_p": "/etc/passwd"})
+        assert (r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) == DENIED_STR, (sql, r.text)
+    assert client.post("/", content=b"DROP TABLE analytics.sec_t").headers.get("X-ClickHouse-Exception-Code") == "164"
+    r = reader.post("/", content=ok.encode())  # the BI reader may not read files, not even the lake's
+    assert (r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) == DENIED_STR
+
+
+DENIED_STR = (DENIED[0], str(DENIED[1]))
+
+
+# --- limits -------------------------------------------------------------------------------------------------
+def test_reader_limits_apply(reader: httpx.Client) -> None:
+    r = reader.post("/", content=b"SELECT count() FROM system.numbers", params={"max_execution_time": "1"})
+    assert (r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) == (408, "159"), r.text
+    r = reader.post("/", content=b"SELECT number FROM numbers(100)", params={"max_result_rows": "5"})
+    assert r.headers.get("X-ClickHouse-Exception-Code") == "396", r.text
+
+
+def test_slow_readers_cannot_stall_the_writer(setup: ChServer) -> None:
+    """More slow reader queries than the reader's limit: the extra ones get 202 at once; the writer answers promptly."""
+    import concurrent.futures
+    import time
+
+    def slow(_: int) -> httpx.Response:
+        return httpx.post(setup.url + "/", content=b"SELECT sleep(2)", auth=READER, timeout=60)
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(slow, i) for i in range(12)]
+        time.sleep(0.7)
+        t0 = time.monotonic()
+        r = httpx.post(setup.url + "/", content=b"SELECT 1", auth=setup.auth, timeout=60)
+        writer_s = time.monotonic() - t0
+        results = [f.result() for f in futures]
+    assert r.text == "1\n" and writer_s < 1.5, writer_s
+    codes = sorted(x.headers.get("X-ClickHouse-Exception-Code", "ok") for x in results)
+    assert codes.count("ok") == 8 and codes.count("202") == 4, codes
+    assert all(x.status_code == 503 for x in results if x.status_code != 200)
