@@ -221,7 +221,8 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
             log.exception("query %s failed unexpectedly", query_id)
             return error_response(ClickHouseError(STD_EXCEPTION, f"{type(exc).__name__}: {exc}"), query_id)
         headers_out = base_headers(query_id)
-        headers_out["X-ClickHouse-Format"] = result.format
+        if result.has_result:
+            headers_out["X-ClickHouse-Format"] = result.format
         headers_out["X-ClickHouse-Summary"] = json.dumps(result.summary, separators=(",", ":"))
         if params.get("session_id"):
             headers_out["X-ClickHouse-Session-Id"] = params["session_id"]

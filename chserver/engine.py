@@ -140,11 +140,20 @@ class RestrictedSession:
         return now - self.last_used > self.timeout
 
 
+# Statements without a result set: ClickHouse sends no X-ClickHouse-Format for them, and
+# clickhouse-connect's command() relies on that to return a QuerySummary.
+NO_RESULT_KINDS = frozenset(
+    {"INSERT", "CREATE", "DROP", "ALTER", "TRUNCATE", "RENAME", "EXCHANGE", "OPTIMIZE", "ATTACH", "DETACH", "SET", "USE",
+     "GRANT", "REVOKE", "SYSTEM", "UNDROP", "DELETE", "UPDATE", "BACKUP", "RESTORE"}
+)  # fmt: skip
+
+
 @dataclass
 class QueryResult:
     body: bytes
     format: str
     summary: dict[str, str]
+    has_result: bool = True  # False: no result set (DDL, INSERT, SET …), so no X-ClickHouse-Format
 
 
 def _quote(value: str) -> str:
@@ -296,7 +305,11 @@ class Engine:
 
     def execute(self, req: QueryRequest) -> QueryResult:
         """Run one request on its own connection (blocking; call from :meth:`executor_for`)."""
-        return self._execute(req)
+        result = self._execute(req)
+        first = next(tokens(req.raw[:4096].decode("latin-1")), None)  # the statement kind; tokens() never raises
+        if first is not None and first.text.upper() in NO_RESULT_KINDS and not result.body:
+            result.has_result = False
+        return result
 
     def _execute(self, req: QueryRequest) -> QueryResult:
         """Run one request on its own connection."""

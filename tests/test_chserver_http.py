@@ -90,6 +90,17 @@ def test_get_select_with_headers(http: httpx.Client) -> None:
     assert len(http.get("/", params={"query": "SELECT 1"}).headers["X-ClickHouse-Query-Id"]) >= 16
 
 
+def test_no_format_header_without_a_result_set(http: httpx.Client) -> None:
+    """As ClickHouse: DDL/SET/INSERT answers carry no X-ClickHouse-Format (clickhouse-connect's command() checks it)."""
+    name = f"analytics.fmt_{uuid.uuid4().hex[:8]}"
+    for sql in (f"CREATE TABLE {name} (a UInt8) ENGINE = Memory", f"INSERT INTO {name} VALUES (1)", "SET max_threads = 1",
+                f"DROP TABLE {name}"):
+        r = http.post("/", content=sql.encode())
+        assert r.status_code == 200 and "X-ClickHouse-Format" not in r.headers, (sql, r.headers)
+        assert "X-ClickHouse-Summary" in r.headers
+    assert http.post("/", content=b"SHOW DATABASES").headers["X-ClickHouse-Format"] == "TabSeparated"
+
+
 def test_query_from_parameter_and_body_together(http: httpx.Client) -> None:
     r = http.post("/", params={"query": "SELECT 40 +"}, content=b"2")
     assert r.text == "42\n"
