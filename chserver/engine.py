@@ -13,7 +13,7 @@ Why connections are handled the way they are (verified with chdb 4.4):
   session (dbt-clickhouse relies on temporary tables, e.g. for unit tests). A session serves one
   request at a time (a concurrent one gets SESSION_IS_LOCKED) and closes after ``session_timeout``
   seconds (default 60) without requests. Inside a session, URL settings and ``database`` apply to
-  the session from then on (a simplification of ClickHouse, where they are per query);
+  that query only, as in ClickHouse (the session's own values are put back after it);
 * chDB releases the GIL while a query runs, so a long query in a worker thread does not stall the
   event loop that answers ``/ping``.
 
@@ -341,7 +341,10 @@ class Engine:
         conn = session.conn if session is not None else self._acquire()
         reusable = False
         t0 = time.perf_counter()
+        restore: list[str] = []
         try:
+            if session is not None:
+                restore = self._session_restore(conn, req)
             for sql in prelude:
                 conn._conn.query(sql, "TabSeparated", params={})
             if stmt.kind == "INSERT" and stmt.insert_format:
@@ -359,10 +362,30 @@ class Engine:
             raise ClickHouseError.from_engine(exc) from None
         finally:
             if session is not None:
+                try:
+                    for sql in restore:
+                        conn._conn.query(sql, "TabSeparated", params={})
+                except RuntimeError:
+                    log.warning("session %s: restoring settings after a query failed", req.session_id, exc_info=True)
                 session.last_used = time.monotonic()
                 session.lock.release()
             else:
                 self._release(conn, reusable)
+
+    def _session_restore(self, conn: Any, req: QueryRequest) -> list[str]:
+        """In a session, URL settings and ``database`` apply to that query only (as in ClickHouse): the
+        statements that put the session's own values back afterwards (a SET in the query itself stays)."""
+        out: list[str] = []
+        if req.settings:
+            names = ", ".join(_quote(k) for k in req.settings)
+            rows = conn._conn.query(f"SELECT name, value FROM system.settings WHERE name IN ({names})", "TSVRaw", params={})
+            pairs = [line.split("\t", 1) for line in rows.bytes().decode().splitlines()]
+            if pairs:
+                out.append("SET " + ", ".join(f"{k} = {_quote(v)}" for k, v in pairs))
+        if req.database:
+            current = conn._conn.query("SELECT currentDatabase()", "TSVRaw", params={}).bytes().decode().strip()
+            out.append(f"USE {_ident(current)}")
+        return out
 
     # --- restricted users --------------------------------------------------------------------------
     def _restricted_session(self, req: QueryRequest) -> RestrictedSession | None:
