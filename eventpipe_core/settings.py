@@ -220,9 +220,15 @@ class Settings(BaseSettings):
     @property
     def clickhouse(self) -> ClickHouseTarget:
         """CLICKHOUSE_URL; for the embedded server without a password in the URL, the generated one."""
-        target = ClickHouseTarget.from_url(self.clickhouse_url)
-        if not target.password and self.clickhouse_embedded and self.chserver_generate_password:
-            target.password = self.chserver_credentials()[target.user]
+        return self.clickhouse_for(self.clickhouse_url)
+
+    def clickhouse_for(self, url: str) -> ClickHouseTarget:
+        """A ClickHouse URL (e.g. a Dagster resource's, kept without secrets) with the generated password filled in."""
+        target = ClickHouseTarget.from_url(url)
+        local = (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+        if not target.password and local and self.chserver_generate_password:
+            assert self.chserver_credentials_file is not None
+            target.password = ensure_credentials(self.chserver_credentials_file, [target.user])[target.user]
         return target
 
     @property
