@@ -29,7 +29,8 @@ class ClickHouseResource(dg.ConfigurableResource):
 
     @property
     def target(self) -> ClickHouseTarget:
-        return ClickHouseTarget.from_url(self.url)
+        """The URL's target; the embedded server's generated password is resolved here, never kept in run config."""
+        return get_settings().clickhouse_for(self.url)
 
     @property
     def plan(self) -> SchemaPlan:

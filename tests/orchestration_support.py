@@ -120,7 +120,7 @@ def orch_fixture(tmp_path: Path, chserver: ChServer, request: pytest.FixtureRequ
         clickhouse_url=chserver.clickhouse_url.rsplit("/", 1)[0] + f"/{database}",
         geoip_db_path=write_geoip_db(tmp_path / "city.mmdb"), bot_max_events_per_minute=5,
     )
-    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="")
+    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password)
     with dg.DagsterInstance.ephemeral() as instance:
         yield Env(settings, build_definitions(settings, include_dbt=False), open_lake(settings), client, instance)
     client.command(f"DROP DATABASE IF EXISTS {database}")

@@ -37,7 +37,7 @@ CONTRACT = (
 @pytest.fixture
 def database(chserver: ChServer) -> Iterator[tuple[str, object]]:
     name = f"t_{uuid.uuid4().hex[:10]}"
-    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="")
+    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password)
     yield name, client
     client.command(f"DROP DATABASE IF EXISTS {name}")
 

@@ -47,7 +47,7 @@ def make_env(home: Path, chserver: ChServer, **overrides: Any) -> Iterator[Env]:
         clickhouse_url=chserver.clickhouse_url.rsplit("/", 1)[0] + f"/{database}",
         geoip_db_path=write_geoip_db(home / "city.mmdb"), bot_max_events_per_minute=5, **overrides,
     )
-    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="")
+    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password)
     try:
         with dg.DagsterInstance.ephemeral() as instance:
             yield Env(settings, build_definitions(settings, include_dbt=False), open_lake(settings), client, instance)
