@@ -22,7 +22,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from chserver import compression
-from chserver.auth import Users
+from chserver.auth import Users, credentials
 from chserver.engine import Engine, QueryResult
 from chserver.errors import (
     ACCESS_DENIED,
@@ -88,7 +88,7 @@ _HEADER_SAFE = re.compile(r"^[\x20-\x7e]{0,256}$")
 
 
 class LoginLimiter:
-    """Failed logins per client address: after ``per_minute`` failures in a minute, answer 429 until it passes."""
+    """Failed logins per (client address, user): after ``per_minute`` failures in a minute, answer 429 until it passes."""
 
     def __init__(self, per_minute: int):
         self.per_minute = per_minute
@@ -199,7 +199,10 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
             for name in ("query_id", "session_id"):
                 if name in params and not _HEADER_SAFE.match(params[name]):
                     raise ClickHouseError(BAD_ARGUMENTS, f"Invalid {name}: only printable ASCII characters are allowed")
-            client = request.client.host if request.client else ""
+            # Failures count per (address, user name tried): everything local shares 127.0.0.1, so one
+            # misconfigured tool guessing at `reader` must not lock eventpipe's own writer out of its loads.
+            address = request.client.host if request.client else ""
+            client = f"{address} as {credentials(headers, params)[0] or 'default'}"
             logins.check(client)
             try:
                 user = users.authenticate(headers, params)

@@ -68,13 +68,17 @@ class Engine:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
-        """Hot reads as the read-only user; lake reads (``file()``, which readers may not use) as the CLICKHOUSE_URL
-        user. Lake routing needs a ``file://`` LAKE_URL on the ClickHouse host (an S3 lake is not routed yet)."""
+        """Hot reads as the read-only user; lake reads (``file()``, which readers may not use) as chserver's service
+        user (read-only plus ``file()``/``s3()`` on the lake) when the embedded server runs and one is configured,
+        else as the CLICKHOUSE_URL user. Lake routing needs a ``file://`` LAKE_URL on the ClickHouse host (an S3
+        lake is not routed yet)."""
         t = settings.clickhouse
+        service = settings.clickhouse_service_target if settings.clickhouse_embedded else None
+        lake_t = service or t
         lake = settings.lake_url or ""
         lake_path = urlsplit(lake).path if lake.startswith("file://") else None
         return cls(t.host, t.port, settings.clickhouse_readonly_user, settings.clickhouse_readonly_password,
-                   t.database, t.secure, settings.query_max_execution_s, lake_user=t.user, lake_password=t.password,
+                   t.database, t.secure, settings.query_max_execution_s, lake_user=lake_t.user, lake_password=lake_t.password,
                    lake_path=lake_path, ttl_days=settings.clickhouse_ttl_days)
 
     def client(self, lake: bool = False) -> Any:

@@ -29,10 +29,10 @@ H = 3_600_000
 def api(chserver: ChServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     home = tmp_path_factory.mktemp("qapi")
     settings = load_settings(eventpipe_home=home, clickhouse_url=chserver.clickhouse_url, clickhouse_ttl_days=TTL_DAYS)
-    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="",
+    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password,
                                            autogenerate_session_id=False)
     client.command("CREATE DATABASE IF NOT EXISTS analytics")
-    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="",
+    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password,
                                            database="analytics", autogenerate_session_id=False)
     events = []
     for i in range(48):  # two days, one event per hour per actor a0..a2; a3 only on day 2

@@ -69,10 +69,10 @@ def _pipeline(client: Any, sent: list[dict[str, Any]], max_per_minute: int) -> N
 def demo(chserver: ChServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     config = DemoConfig(users=120, days=5, seed=7, project=PROJECT)
     dataset = generate(config)
-    admin = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="",
+    admin = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password,
                                           autogenerate_session_id=False)
     admin.command("CREATE DATABASE IF NOT EXISTS analytics")
-    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="",
+    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password,
                                            database="analytics", autogenerate_session_id=False)
     _pipeline(client, dataset.sent, config.bot_max_events_per_minute)
     expected = expected_figures(dataset.sent, bot_devices=dataset.bot_devices, max_per_minute=config.bot_max_events_per_minute,

@@ -43,10 +43,10 @@ def _events(today: datetime, seed: int) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("query", ["funnel", "segmentation", "retention"])
 def test_split_source_equals_all_hot(chserver: ChServer, tmp_path: Path, query: str) -> None:
-    admin = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="",
+    admin = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password,
                                           autogenerate_session_id=False)
     admin.command("CREATE DATABASE IF NOT EXISTS analytics")
-    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="",
+    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password,
                                            database="analytics", autogenerate_session_id=False)
     from orchestration.clickhouse.schema import SchemaPlan, ensure_plan
     from tests.query_support import TTL_DAYS

@@ -36,10 +36,10 @@ START, END = date(2025, 3, 29), date(2025, 3, 31)
 
 @pytest.fixture(scope="module")
 def ch(chserver: ChServer) -> Iterator[tuple[Any, Engine]]:
-    admin = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="",
+    admin = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password,
                                           autogenerate_session_id=False)
     admin.command("CREATE DATABASE IF NOT EXISTS analytics")
-    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="",
+    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password,
                                            database="analytics", autogenerate_session_id=False)
     load_events(client, [{"time": BASE - 86_400_000 * 400, "insert_id": "seed", "event_type": "x", "actor_id": "s"}],
                 "seed")  # creates the schema

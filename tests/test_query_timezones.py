@@ -32,10 +32,10 @@ CASES = [  # (zone, the change day, hours of the days before / of / after it)
 
 @pytest.fixture(scope="module")
 def ch(chserver: ChServer) -> Iterator[tuple[Any, Engine]]:
-    admin = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="",
+    admin = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password,
                                           autogenerate_session_id=False)
     admin.command("CREATE DATABASE IF NOT EXISTS analytics")
-    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="",
+    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password,
                                            database="analytics", autogenerate_session_id=False)
     from orchestration.clickhouse.schema import SchemaPlan, ensure_plan
     from tests.query_support import TTL_DAYS
