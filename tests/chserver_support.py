@@ -30,6 +30,9 @@ class ChServer:
     proc: subprocess.Popen | None = None
     # the writer's password, put in CLICKHOUSE_URL so every component of a test uses it (as on a real server)
     password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
+    # the service user's (read-only + file()/s3() on the lake, for the query service), set explicitly so a
+    # component under test with another EVENTPIPE_HOME can be given it
+    service_password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
 
     @property
     def url(self) -> str:
@@ -48,6 +51,7 @@ class ChServer:
         env = dict(os.environ)
         env["EVENTPIPE_HOME"] = str(self.data_dir.parent)
         env["CLICKHOUSE_URL"] = self.clickhouse_url
+        env["CLICKHOUSE_SERVICE_PASSWORD"] = self.service_password
         env.update(self.extra_env)
         return env
 

@@ -215,10 +215,8 @@ def test_newline_in_ids_is_400(setup: ChServer, name: str) -> None:
 # --- the trusted service user: reader rules plus file() on the lake only -------------------------------------
 @pytest.fixture()
 def service(setup: ChServer) -> Iterator[tuple[httpx.Client, Path]]:
-    from eventpipe_core.settings import ensure_credentials
-
-    home = setup.data_dir.parent  # the server's EVENTPIPE_HOME: credentials file and default lake live there
-    password = ensure_credentials(home / "chserver-credentials", ["query_service"])["query_service"]
+    home = setup.data_dir.parent  # the server's EVENTPIPE_HOME: the default lake lives there
+    password = setup.service_password  # CLICKHOUSE_SERVICE_PASSWORD of the server (else generated into its home)
     lake = home / "lake" / "enriched" / "sec"
     lake.mkdir(parents=True, exist_ok=True)
     (lake / "part.csv").write_text("1,a\n2,b\n")

@@ -28,7 +28,8 @@ H = 3_600_000
 @pytest.fixture(scope="module")
 def api(chserver: ChServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     home = tmp_path_factory.mktemp("qapi")
-    settings = load_settings(eventpipe_home=home, clickhouse_url=chserver.clickhouse_url, clickhouse_ttl_days=TTL_DAYS)
+    settings = load_settings(eventpipe_home=home, clickhouse_url=chserver.clickhouse_url,
+                             clickhouse_service_password=chserver.service_password, clickhouse_ttl_days=TTL_DAYS)
     client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password,
                                            autogenerate_session_id=False)
     client.command("CREATE DATABASE IF NOT EXISTS analytics")

@@ -78,7 +78,8 @@ def demo(chserver: ChServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     expected = expected_figures(dataset.sent, bot_devices=dataset.bot_devices, max_per_minute=config.bot_max_events_per_minute,
                                 today=datetime.now(UTC).date(), rejected_requests=0, rejected_events=0, dead_lettered=0)
     home = tmp_path_factory.mktemp("qdemo")
-    settings = load_settings(eventpipe_home=home, clickhouse_url=chserver.clickhouse_url, clickhouse_ttl_days=TTL_DAYS)
+    settings = load_settings(eventpipe_home=home, clickhouse_url=chserver.clickhouse_url,
+                             clickhouse_service_password=chserver.service_password, clickhouse_ttl_days=TTL_DAYS)
     store = MetadataStore(settings.metadata_db_url or "")
     store.ensure_schema()
     auth = create_key_with_secret(store, PROJECT)

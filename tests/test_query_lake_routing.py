@@ -58,7 +58,8 @@ def test_split_source_equals_all_hot(chserver: ChServer, tmp_path: Path, query: 
     hot_p, split_p = f"hot-{query}-{tmp_path.name[-6:]}", f"split-{query}-{tmp_path.name[-6:]}"
     insert_append(client, events, hot_p)
 
-    engine = Engine(chserver.host, chserver.port, "reader", "reader", "analytics", lake_user="default",
+    engine = Engine(chserver.host, chserver.port, "reader", "reader", "analytics", 
+                    lake_user="default", lake_password=chserver.password,
                     lake_path=str(tmp_path), ttl_days=1)
     hot_from = engine.hot_from(today.date())
     assert hot_from == today.date()
