@@ -29,7 +29,8 @@ H = 3_600_000
 def api(chserver: ChServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     home = tmp_path_factory.mktemp("qapi")
     settings = load_settings(eventpipe_home=home, clickhouse_url=chserver.clickhouse_url,
-                             clickhouse_service_password=chserver.service_password, clickhouse_ttl_days=TTL_DAYS)
+                             clickhouse_service_password=chserver.service_password, clickhouse_ttl_days=TTL_DAYS,
+                             lake_url=f"file://{chserver.data_dir.parent / 'lake'}")  # the lake chserver's service user may read
     client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password,
                                            autogenerate_session_id=False)
     client.command("CREATE DATABASE IF NOT EXISTS analytics")

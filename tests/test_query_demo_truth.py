@@ -79,7 +79,8 @@ def demo(chserver: ChServer, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                                 today=datetime.now(UTC).date(), rejected_requests=0, rejected_events=0, dead_lettered=0)
     home = tmp_path_factory.mktemp("qdemo")
     settings = load_settings(eventpipe_home=home, clickhouse_url=chserver.clickhouse_url,
-                             clickhouse_service_password=chserver.service_password, clickhouse_ttl_days=TTL_DAYS)
+                             clickhouse_service_password=chserver.service_password, clickhouse_ttl_days=TTL_DAYS,
+                             lake_url=f"file://{chserver.data_dir.parent / 'lake'}")  # the lake chserver's service user may read
     store = MetadataStore(settings.metadata_db_url or "")
     store.ensure_schema()
     auth = create_key_with_secret(store, PROJECT)
