@@ -22,6 +22,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pyarrow as pa
 
 ENVELOPE_VERSION = 1
@@ -106,6 +107,7 @@ RAW_EVENT_SCHEMA = pa.schema(
 _JSON_COLUMNS = ("event_properties", "user_properties", "groups", "group_properties")
 _INT_COLUMNS = ("session_id", "event_id", "quantity")
 _FLOAT_COLUMNS = ("location_lat", "location_lng", "price", "revenue")
+_FIELD_OF = {col: name for name, col in COLUMN_NAMES.items()}
 
 
 class InvalidEnvelope(ValueError):
@@ -129,7 +131,11 @@ def make_envelope(
 
 
 def encode_envelope(envelope: dict[str, Any]) -> bytes:
-    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """Compact UTF-8 JSON (orjson; the standard library for integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(envelope)
+    except TypeError:
+        return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _ms_to_datetime(value: Any, field: str) -> datetime:
@@ -161,24 +167,79 @@ def _opt_num(value: Any, kind: type, field: str) -> Any:
     return kind(value)
 
 
-def envelope_to_row(raw: bytes, partition: int, offset: int) -> dict[str, Any]:
-    """Decode one Kafka record value into a lake row (RAW_EVENT_SCHEMA column order)."""
-    try:
-        envelope = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEnvelope(f"undecodable JSON: {exc}") from exc
+# Bounds of what a lake row can hold (Arrow int64, datetime's years 1..9999).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MIN_TIME_MS, MAX_TIME_MS = -62_135_596_800_000, 253_402_300_799_999
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def event_problems(event: dict[str, Any]) -> list[tuple[str, str]]:
+    """Why the lake cannot take this event, as ``(field, reason)`` pairs; empty if it can.
+
+    The one rule shared by both ends (issue 18): the landing consumer dead-letters an envelope whose
+    event has a problem (the first reason is the dead-letter reason), and the collector runs the same
+    function on every normalised event and answers 400 naming the field — so nothing the collector
+    acknowledges can be dead-lettered later. Rules: ``insert_id`` and ``event_type`` non-empty
+    strings; a truthy ``user_id`` or ``device_id``; ``time`` a finite number of epoch ms within
+    datetime's years 1..9999; numeric columns finite numbers (not booleans), integer columns within
+    int64. (The collector's own rules are stricter, e.g. ``time`` ≥ 2000-01-01; those are policy, not
+    what the lake can hold.)
+    """
+    problems: list[tuple[str, str]] = []
+    for required in ("insert_id", "event_type"):
+        value = event.get(required)
+        if not isinstance(value, str) or not value:
+            problems.append((required, f"event.{required} missing or not a string"))
+    if not (event.get("user_id") or event.get("device_id")):
+        problems.append(("device_id", "event has neither user_id nor device_id"))
+    t = event.get("time")
+    if not _is_number(t):
+        problems.append(("time", f"event.time is not epoch milliseconds: {t!r}"))
+    elif not MIN_TIME_MS <= int(t) <= MAX_TIME_MS:
+        problems.append(("time", f"event.time out of range: {t!r}"))
+    for name in _INT_COLUMNS + _FLOAT_COLUMNS:
+        field = _FIELD_OF.get(name, name)
+        value = event.get(field)
+        if value is None:
+            continue
+        if not _is_number(value):
+            problems.append((field, f"{field} is not a number: {value!r}"))
+        elif name in _INT_COLUMNS and not INT64_MIN <= int(value) <= INT64_MAX:
+            problems.append((field, f"{field} out of range: {value!r}"))
+    return problems
+
+
+def parse_envelope(envelope: Any) -> dict[str, Any]:
+    """Check a decoded envelope; return its event or raise :class:`InvalidEnvelope` (the reason)."""
     if not isinstance(envelope, dict) or not isinstance(envelope.get("event"), dict):
         raise InvalidEnvelope("not an envelope: missing object field 'event'")
     if envelope.get("v") != ENVELOPE_VERSION:
         raise InvalidEnvelope(f"unsupported envelope version {envelope.get('v')!r}")
     event = envelope["event"]
-    for required in ("insert_id", "event_type"):
-        if not isinstance(event.get(required), str) or not event[required]:
-            raise InvalidEnvelope(f"event.{required} missing or not a string")
-    if not (event.get("user_id") or event.get("device_id")):
-        raise InvalidEnvelope("event has neither user_id nor device_id")
+    problems = event_problems(event)
+    if problems:
+        raise InvalidEnvelope(problems[0][1])
     if not isinstance(envelope.get("project"), str):
         raise InvalidEnvelope("envelope.project missing")
+    received = envelope.get("received_at")
+    if not _is_number(received) or not MIN_TIME_MS <= int(received) <= MAX_TIME_MS:
+        raise InvalidEnvelope(f"envelope.received_at is not epoch milliseconds: {received!r}")
+    return event
+
+
+def envelope_to_row(raw: bytes, partition: int, offset: int) -> dict[str, Any]:
+    """Decode one Kafka record value into a lake row (RAW_EVENT_SCHEMA column order).
+
+    The per-record reference decoder: the landing consumer's bulk decoder must agree with it.
+    """
+    try:
+        envelope = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEnvelope(f"undecodable JSON: {exc}") from exc
+    event = parse_envelope(envelope)
 
     row: dict[str, Any] = {}
     for field in RAW_EVENT_SCHEMA.names:
