@@ -76,8 +76,10 @@ Rate limits (token buckets, :mod:`collector.ratelimit`)
       answered 503 is refunded for the same reason;
     * per API key: ``COLLECTOR_KEY_RPS`` (100) requests/s over the same window; over it, 429 with
       every event index in ``throttled_events`` (SDKs back off 30 s).
-    Limits are kept per collector process: with ``--workers N`` each worker enforces them on the
-    requests it receives (up to N × the limit overall).
+    With ``REDIS_URL`` the buckets live in Redis (:class:`collector.ratelimit.RedisTokenBuckets`,
+    one atomic script per check) and are shared by every worker (``COLLECTOR_WORKERS``) and host;
+    without it each worker process enforces them on the requests it receives (up to N × the limit
+    overall). When Redis fails, a worker falls back to its own buckets until it answers again.
 
 Tracking plan (``eventpipe schemas …``)
     Per project an optional JSON Schema for the ``event_properties`` of each event type and an

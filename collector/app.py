@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -36,7 +37,7 @@ from starlette.routing import Route
 from collector import validation as v
 from collector.metrics import CONTENT_TYPE_LATEST, CollectorMetrics
 from collector.producer import EventProducer, ProduceError, RecordTooLarge
-from collector.ratelimit import TokenBuckets
+from collector.ratelimit import make_limits
 from eventpipe_core.event_model import encode_envelope, event_key, make_envelope
 from eventpipe_core.metadata import MetadataError, MetadataStore, ProjectPlan
 from eventpipe_core.settings import Settings, get_settings
@@ -125,10 +126,7 @@ class Collector:
         self.producer = producer or EventProducer(settings)
         self.metrics = CollectorMetrics()
         self.trusted = parse_networks(settings.collector_trusted_proxies)
-        window = settings.collector_eps_window_s
-        self.v2_limits = TokenBuckets(settings.collector_v2_eps, window)
-        self.batch_limits = TokenBuckets(settings.collector_batch_eps, window)
-        self.key_limits = TokenBuckets(settings.collector_key_rps, window)
+        self.v2_limits, self.batch_limits, self.key_limits, self.redis = make_limits(settings)
         self.keys = _TTLCache(settings.collector_metadata_ttl_s)
         self.plans = _TTLCache(settings.collector_metadata_ttl_s)
 
@@ -243,7 +241,7 @@ class Collector:
         project = await self.project_for_key(upload.api_key)
         if project is None:
             raise v.error(400, f"{v.ERR_INVALID_KEY_PREFIX}: {upload.api_key[:100]}", "invalid_api_key")
-        if self.key_limits.acquire({upload.api_key: 1}):
+        if await self.key_limits.acquire({upload.api_key: 1}):
             self.metrics.events_throttled.labels(endpoint.name, "api_key").inc(n)
             raise v.error(
                 429, v.ERR_KEY_THROTTLED, "throttled_key",
@@ -274,21 +272,21 @@ class Collector:
                 400, v.ERR_EVENT_TOO_LARGE, "event_too_large", events_with_invalid_fields={"event": too_large},
                 events_too_large=too_large, max_event_bytes=self.settings.collector_max_event_bytes,
             )
-        limits, demand = self.throttle(endpoint, events)
+        limits, demand = await self.throttle(endpoint, events)
         del events
 
         t0 = time.perf_counter()
         try:
             await self.producer.produce(records)
         except RecordTooLarge as exc:  # librdkafka's own limit (normally above ours)
-            limits.refund(demand)
+            await limits.refund(demand)
             raise v.error(
                 400, v.ERR_EVENT_TOO_LARGE, "event_too_large", events_with_invalid_fields={"event": [exc.index]},
                 events_too_large=[exc.index], max_event_bytes=self.settings.collector_max_event_bytes,
             ) from None
         except ProduceError as exc:
             log.warning("answering 503: %s", exc)
-            limits.refund(demand)  # the client will send these events again
+            await limits.refund(demand)  # the client will send these events again
             raise v.error(503, v.ERR_UNAVAILABLE, "kafka_unavailable") from None
         self.metrics.produce_latency.observe(time.perf_counter() - t0)
         self.metrics.events_accepted.labels(endpoint.name).inc(n)
@@ -328,9 +326,7 @@ class Collector:
                 )
         return violations
 
-    def throttle(
-        self, endpoint: Endpoint, events: list[dict[str, Any]],
-    ) -> tuple[TokenBuckets, dict[tuple[str, str], int]]:
+    async def throttle(self, endpoint: Endpoint, events: list[dict[str, Any]]) -> tuple[Any, dict[tuple[str, str], int]]:
         """Per-device and per-user event rate; 429 in Amplitude's shape if any is over. Returns
         what was charged, so a request that then fails can be refunded."""
         limits = self.batch_limits if endpoint.batch_limits else self.v2_limits
@@ -340,7 +336,7 @@ class Collector:
                 value = event.get(kind)
                 if value:
                     demand[(kind, value)] = demand.get((kind, value), 0) + 1
-        over = limits.acquire(demand)
+        over = await limits.acquire(demand)
         if not over:
             return limits, demand
         devices = {k[1]: rate for k, rate in over.items() if k[0] == "device_id"}
@@ -374,7 +370,7 @@ def _handler(endpoint: Endpoint):
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "ok", "worker": os.getpid()})  # which worker process answered
 
 
 async def readyz(request: Request) -> Response:
@@ -433,6 +429,8 @@ def create_app(
             yield
         finally:
             await run_in_threadpool(collector.producer.close)
+            if collector.redis is not None:
+                await collector.redis.aclose()
 
     routes = [
         Route("/2/httpapi", _handler(V2), methods=["POST"]),

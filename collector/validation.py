@@ -253,8 +253,21 @@ def _string_ok(value: str) -> bool:
     return True
 
 
-def _nested_ok(root: Any) -> bool:
+def _nested_ok(root: dict[str, Any]) -> bool:
     """Depth ≤ 40 (the property object itself is level 1), every key and string ≤ 1024 chars."""
+    for k, v in root.items():  # fast path: a flat object of short ASCII strings and numbers
+        if len(k) > MAX_STRING_LENGTH or not k.isascii():
+            return _nested_ok_full(root)
+        t = type(v)
+        if t is str:
+            if len(v) > MAX_STRING_LENGTH or not v.isascii():
+                return _nested_ok_full(root)
+        elif t is dict or t is list:
+            return _nested_ok_full(root)
+    return True
+
+
+def _nested_ok_full(root: Any) -> bool:
     stack: list[tuple[Any, int]] = [(root, 1)]
     while stack:
         value, depth = stack.pop()
@@ -341,7 +354,14 @@ def validate_events(
             kind = KNOWN_FIELDS.get(name)
             if kind is None or value is None:
                 continue
-            if not _value_ok(name, kind, value, now_ms, max_future_ms):
+            t = type(value)
+            if kind is STRING and t is str:  # the common cases inline (same rules as _value_ok)
+                ok = len(value) <= MAX_STRING_LENGTH and (value.isascii() or _string_ok(value))
+            elif kind is OBJECT and t is dict:
+                ok = _nested_ok(value)
+            else:
+                ok = _value_ok(name, kind, value, now_ms, max_future_ms)
+            if not ok:
                 errors.add(errors.invalid, name, i)
                 bad = True
                 continue

@@ -108,6 +108,8 @@ _JSON_COLUMNS = ("event_properties", "user_properties", "groups", "group_propert
 _INT_COLUMNS = ("session_id", "event_id", "quantity")
 _FLOAT_COLUMNS = ("location_lat", "location_lng", "price", "revenue")
 _FIELD_OF = {col: name for name, col in COLUMN_NAMES.items()}
+# (event field, integer column?) of the numeric columns
+_NUMERIC_FIELDS = tuple((_FIELD_OF.get(c, c), c in _INT_COLUMNS) for c in _INT_COLUMNS + _FLOAT_COLUMNS)
 
 
 class InvalidEnvelope(ValueError):
@@ -191,23 +193,23 @@ def event_problems(event: dict[str, Any]) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     for required in ("insert_id", "event_type"):
         value = event.get(required)
-        if not isinstance(value, str) or not value:
+        if type(value) is not str or not value:
             problems.append((required, f"event.{required} missing or not a string"))
     if not (event.get("user_id") or event.get("device_id")):
         problems.append(("device_id", "event has neither user_id nor device_id"))
     t = event.get("time")
-    if not _is_number(t):
-        problems.append(("time", f"event.time is not epoch milliseconds: {t!r}"))
-    elif not MIN_TIME_MS <= int(t) <= MAX_TIME_MS:
-        problems.append(("time", f"event.time out of range: {t!r}"))
-    for name in _INT_COLUMNS + _FLOAT_COLUMNS:
-        field = _FIELD_OF.get(name, name)
+    if type(t) is not int or not MIN_TIME_MS <= t <= MAX_TIME_MS:  # fast path: an int in range
+        if not _is_number(t):
+            problems.append(("time", f"event.time is not epoch milliseconds: {t!r}"))
+        elif not MIN_TIME_MS <= int(t) <= MAX_TIME_MS:
+            problems.append(("time", f"event.time out of range: {t!r}"))
+    for field, is_int in _NUMERIC_FIELDS:
         value = event.get(field)
         if value is None:
             continue
         if not _is_number(value):
             problems.append((field, f"{field} is not a number: {value!r}"))
-        elif name in _INT_COLUMNS and not INT64_MIN <= int(value) <= INT64_MAX:
+        elif is_int and not INT64_MIN <= int(value) <= INT64_MAX:
             problems.append((field, f"{field} out of range: {value!r}"))
     return problems
 

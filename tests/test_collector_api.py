@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import time
 import uuid
 
@@ -134,7 +135,7 @@ def test_unknown_and_revoked_keys(api, collector_store: MetadataStore) -> None:
 
 
 def test_health_ready_and_metrics(api, collector_store: MetadataStore) -> None:
-    assert httpx.get(f"{api.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{api.url}/healthz").json() == {"status": "ok", "worker": os.getpid()}  # served in this process
     r = httpx.get(f"{api.url}/readyz", timeout=10)
     assert r.status_code == 200 and r.json()["kafka"] == "reachable"
     _, key = new_project(collector_store)
