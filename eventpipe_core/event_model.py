@@ -104,12 +104,15 @@ RAW_EVENT_SCHEMA = pa.schema(
     ]
 )
 
-_JSON_COLUMNS = ("event_properties", "user_properties", "groups", "group_properties")
-_INT_COLUMNS = ("session_id", "event_id", "quantity")
-_FLOAT_COLUMNS = ("location_lat", "location_lng", "price", "revenue")
+JSON_COLUMNS = ("event_properties", "user_properties", "groups", "group_properties")
+INT_COLUMNS = ("session_id", "event_id", "quantity")
+FLOAT_COLUMNS = ("location_lat", "location_lng", "price", "revenue")
 _FIELD_OF = {col: name for name, col in COLUMN_NAMES.items()}
 # (event field, integer column?) of the numeric columns
-_NUMERIC_FIELDS = tuple((_FIELD_OF.get(c, c), c in _INT_COLUMNS) for c in _INT_COLUMNS + _FLOAT_COLUMNS)
+_NUMERIC_FIELDS = tuple((_FIELD_OF.get(c, c), c in INT_COLUMNS) for c in INT_COLUMNS + FLOAT_COLUMNS)
+_NUMERIC_IS_INT = dict(_NUMERIC_FIELDS)
+_NUMERIC_NAMES = frozenset(_NUMERIC_IS_INT)
+_NUMERIC_ORDER = {name: i for i, (name, _) in enumerate(_NUMERIC_FIELDS)}
 
 
 class InvalidEnvelope(ValueError):
@@ -149,13 +152,13 @@ def _ms_to_datetime(value: Any, field: str) -> datetime:
         raise InvalidEnvelope(f"{field} out of range: {value!r}") from exc
 
 
-def _opt_str(value: Any) -> str | None:
+def as_text(value: Any) -> str | None:
     if value is None:
         return None
     return value if isinstance(value, str) else str(value)
 
 
-def _opt_json(value: Any) -> str | None:
+def json_text(value: Any) -> str | None:
     if value is None:
         return None
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
@@ -175,6 +178,11 @@ MIN_TIME_MS, MAX_TIME_MS = -62_135_596_800_000, 253_402_300_799_999
 
 
 def _is_number(value: Any) -> bool:
+    t = type(value)
+    if t is int:
+        return True
+    if t is float:
+        return math.isfinite(value)
     return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
 
 
@@ -203,10 +211,12 @@ def event_problems(event: dict[str, Any]) -> list[tuple[str, str]]:
             problems.append(("time", f"event.time is not epoch milliseconds: {t!r}"))
         elif not MIN_TIME_MS <= int(t) <= MAX_TIME_MS:
             problems.append(("time", f"event.time out of range: {t!r}"))
-    for field, is_int in _NUMERIC_FIELDS:
-        value = event.get(field)
+    present = _NUMERIC_NAMES.intersection(event)  # only the numeric fields present (usually few)
+    for field in sorted(present, key=_NUMERIC_ORDER.__getitem__) if present else ():
+        value = event[field]
         if value is None:
             continue
+        is_int = _NUMERIC_IS_INT[field]
         if not _is_number(value):
             problems.append((field, f"{field} is not a number: {value!r}"))
         elif is_int and not INT64_MIN <= int(value) <= INT64_MAX:
@@ -251,21 +261,21 @@ def envelope_to_row(raw: bytes, partition: int, offset: int) -> dict[str, Any]:
         if col not in row or col == "event_time":
             continue
         value = event.get(name)
-        if col in _JSON_COLUMNS:
-            row[col] = _opt_json(value)
-        elif col in _INT_COLUMNS:
+        if col in JSON_COLUMNS:
+            row[col] = json_text(value)
+        elif col in INT_COLUMNS:
             row[col] = _opt_num(value, int, name)
-        elif col in _FLOAT_COLUMNS:
+        elif col in FLOAT_COLUMNS:
             row[col] = _opt_num(value, float, name)
         else:
-            row[col] = _opt_str(value)
+            row[col] = as_text(value)
     row["event_time"] = _ms_to_datetime(event.get("time"), "event.time")
     row["project"] = envelope["project"]
     row["received_at"] = _ms_to_datetime(envelope.get("received_at"), "envelope.received_at")
-    row["client_ip"] = _opt_str(envelope.get("client_ip"))
-    row["upload_id"] = _opt_str(envelope.get("upload_id"))
+    row["client_ip"] = as_text(envelope.get("client_ip"))
+    row["upload_id"] = as_text(envelope.get("upload_id"))
     violations = envelope.get("plan_violations") or []
-    row["plan_violations"] = _opt_json(violations) if violations else None
+    row["plan_violations"] = json_text(violations) if violations else None
     row["kafka_partition"] = partition
     row["kafka_offset"] = offset
     return row

@@ -80,5 +80,26 @@ def consumer_config(settings: Settings, group_id: str | None = None, **extra: An
     return cfg | extra
 
 
+def librdkafka_consumer_config(settings: Settings, *, client_id: str = "eventpipe", **extra: Any) -> dict[str, Any]:
+    """confluent-kafka (librdkafka) consumer settings: no auto commit, earliest reset, the short
+    group timeouts of :data:`CONSUMER_GROUP_TIMEOUTS`, and a bounded pre-fetch queue."""
+    cfg: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "client.id": client_id,
+        "group.id": settings.kafka_consumer_group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": CONSUMER_GROUP_TIMEOUTS["session_timeout_ms"],
+        "heartbeat.interval.ms": CONSUMER_GROUP_TIMEOUTS["heartbeat_interval_ms"],
+        "max.poll.interval.ms": CONSUMER_GROUP_TIMEOUTS["max_poll_interval_ms"],
+        "queued.max.messages.kbytes": 128 * 1024,  # pre-fetched records held by librdkafka: bounded
+        "fetch.max.bytes": 32 * 1024 * 1024,
+        "reconnect.backoff.max.ms": 1000,
+        "log.connection.close": False,
+    }
+    return cfg | extra
+
+
 def admin_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     return common_config(settings) | {"request_timeout_ms": 10_000} | extra

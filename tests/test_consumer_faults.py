@@ -69,7 +69,8 @@ def test_sigkill_at_random_moments_lands_exactly_once(settings: Settings, servic
     env = consumer_env(service_env, topic, dlq, lake.url, consumer_flush_records=3000)
     log = tmp_path / "consumer.log"
     rng = random.Random(20260101)
-    producing = Producing(settings, topic, 200_000, poison_every=997)
+    # Paced (~160 s) so the stream outlives the 11 incarnations: each must be killed mid-landing.
+    producing = Producing(settings, topic, 200_000, poison_every=997, pace_s=0.8)
     producing.start()
     kills = 0
     progress: list[int] = []
