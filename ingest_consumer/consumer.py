@@ -134,7 +134,12 @@ class LandingConsumer:
             if state is not None and state.buffer:
                 self.metrics.batches_discarded.inc()
                 log.info("partition %d revoked: discarded %d buffered records (not committed)", tp.partition, len(state.buffer))
-        self._reassign()
+        # librdkafka's rebalance waits for an *unassign* here (an assign of an empty list stalled the
+        # join on Tansu); the eager protocol revokes everything anyway.
+        if self.parts:
+            self._reassign()
+        else:
+            self.consumer.unassign()
         self.metrics.assigned.set(len(self.parts) + len(self.pending))
 
     def _on_assign(self, _consumer: Any, assigned: list[Any]) -> None:
