@@ -10,6 +10,8 @@ the same run, for each batch size:
 2. **bare librdkafka**: the same envelopes (as the collector builds them) produced by one
    confluent-kafka producer (acks=all, lz4, idempotent), ``--concurrency`` senders each waiting for
    every delivery report of its batch → events/s, p50/p99 per batch;
+2b. **bare librdkafka, fire-and-forget**: the same envelopes, one flush at the end (the producer's
+   own ceiling; no request waits for its acks) → events/s;
 3. **collector, open loop** at half the target rate (``--target`` × bare / 2) and at half its own
    closed-loop rate: requests sent on a fixed schedule → achieved rate, p50/p99 (the latency SLO).
 
@@ -231,6 +233,29 @@ def run_bare(settings: Settings, size: int, seconds: float, concurrency: int) ->
     return int(sum(counts) / elapsed), latencies
 
 
+def run_bare_stream(settings: Settings, size: int, seconds: float) -> int:
+    """The same envelopes fire-and-forget (one flush at the end): librdkafka's own ceiling here."""
+    from confluent_kafka import Producer
+
+    producer = Producer(librdkafka_producer_config(settings, client_id="bench-stream"))
+    batches = bare_envelopes(size)
+    n, i = 0, 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        for key, value in batches[i % len(batches)]:
+            while True:
+                try:
+                    producer.produce(settings.kafka_events_topic, value, key)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+        producer.poll(0)
+        n += size
+        i += 1
+    producer.flush(60)
+    return int(n / (time.monotonic() - t0))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0)
@@ -279,6 +304,9 @@ def main() -> None:
                 print(f"{size:>6} | {c_eps:>14,} {percentile(c_lat, .5) * 1000:>8.1f} {percentile(c_lat, .99) * 1000:>8.1f} "
                       f"{c_err:>6} | {b_eps:>10,} {percentile(b_lat, .5) * 1000:>8.1f} {percentile(b_lat, .99) * 1000:>8.1f} | "
                       f"{c_eps / b_eps if b_eps else float('nan'):>5.3f}")
+                s_eps = run_bare_stream(settings, size, args.seconds)
+                print(f"{'':>6}   bare librdkafka fire-and-forget (one flush at the end): {s_eps:,} ev/s — "
+                      f"collector/streaming ratio {c_eps / s_eps if s_eps else float('nan'):.3f}")
                 open_runs.append((size, raws, b_eps, c_eps))
             print("open loop (fixed schedule; latency from the scheduled send):")
             for size, raws, b_eps, c_eps in open_runs:
