@@ -55,13 +55,16 @@ def prepare_home(settings: Settings, reset: bool, console: Console) -> None:
 def demo_environment(settings: Settings, config: DemoConfig) -> dict[str, str]:
     """Settings of the demo's stack: partitions start at the first generated day (a small asset graph)
     and shorter landing/sensor intervals, so the demo finishes in minutes."""
-    return {
+    env = {
         "DAGSTER_PARTITIONS_START": config.first_day.isoformat(),
         "CONSUMER_FLUSH_AGE_S": str(min(settings.consumer_flush_age_s, 5.0)),
         "LANDING_SENSOR_INTERVAL_SECONDS": str(min(settings.landing_sensor_interval_seconds, 10)),
-        # demo-sized hour ranges are enriched in-process; the Spark path is for large backfills
-        "SPARK_BACKFILL_MIN_HOURS": str(24 * (config.days + 1)),
     }
+    if "spark_backfill_min_hours" not in settings.model_fields_set:
+        # demo-sized hour ranges are enriched in-process; the Spark path is for large backfills (an explicit
+        # SPARK_BACKFILL_MIN_HOURS, e.g. with SPARK_MASTER set to a cluster, sends the demo's ranges there)
+        env["SPARK_BACKFILL_MIN_HOURS"] = str(24 * (config.days + 1))
+    return env
 
 
 def run_demo(users: int, days: int, seed: int, exit_after: bool, report_json: Path | None, reset: bool,
@@ -114,8 +117,9 @@ def _pipeline(settings: Settings, config: DemoConfig, console: Console, timings:
     from demo.sender import Sender, produce_poison, rejected_from_metrics
     from demo.waiter import Target, Waiter
     from eventpipe_core.metadata import get_metadata_store
+    from eventpipe_core.metadata.secrets import create_key_with_secret
 
-    key = get_metadata_store(settings).create_key(config.project)
+    key, secret = create_key_with_secret(get_metadata_store(settings), config.project)
     dataset = generate(config)
     collector_url = f"http://{settings.collector_host}:{settings.collector_port}"
     dagster = DagsterAPI(f"http://127.0.0.1:{settings.dagster_port}")
@@ -157,8 +161,19 @@ def _pipeline(settings: Settings, config: DemoConfig, console: Console, timings:
         today=datetime.now(UTC).date(), rejected_requests=len(dataset.malformed),
         rejected_events=sum(m.events for m in dataset.malformed), dead_lettered=len(dataset.poison))
     render(console, report, expected, timings)
+    _show_query_api(settings, config, key, secret, console)
     dagster.close()
     return report, expected
+
+
+def _show_query_api(settings: Settings, config: DemoConfig, key: str, secret: str, console: Console) -> None:
+    base = f"http://{settings.query_api_host}:{settings.query_api_port}"
+    start, end = config.first_day.strftime("%Y%m%d"), config.last_day.strftime("%Y%m%d")
+    console.print(
+        f"  Query API    {base}/api/2/  (docs {base}/docs) — project {config.project}, key {key}, secret {secret}\n"
+        f"               curl -u {key}:{secret} '{base}/api/2/events/segmentation?e=%7B%22event_type%22:%22_active%22%7D"
+        f"&start={start}&end={end}'"
+    )
 
 
 def _describe(d: Dataset, console: Console) -> None:
