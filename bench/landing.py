@@ -1,30 +1,39 @@
-"""Landing throughput vs the raw kafka-python poll rate of the same topic, and lake bytes per event.
+"""Landing throughput vs a bare librdkafka (confluent-kafka) consumer of the same topic; RSS; lake bytes/event.
 
 Starts its own embedded broker (free port) and a temporary file:// lake, produces N realistic
-envelopes, then in the same run: (1) polls the whole topic with a bare kafka-python consumer,
-(2) lands it with the ingest consumer (manual assignment, so neither side pays a group join).
+envelopes, then in the same run:
 
-    .venv/bin/python bench/landing.py [--events 200000] [--partitions 4] [--flush-records 25000]
+1. a bare confluent-kafka consumer subscribes (group join included) and reads the whole topic;
+2. ``eventpipe consumer`` (a separate process, default flush sizes — ``CONSUMER_FLUSH_RECORDS``
+   100k, ``CONSUMER_FLUSH_BYTES`` 64 MiB — but ``--flush-age`` for the tail) joins its own group
+   and lands the topic; the clock starts when it logs that it is joining (after Python's imports,
+   as for the bare consumer) and stops when every partition's lake commit reached the end.
+   Its peak RSS (VmHWM) is printed.
+
+    .venv/bin/python bench/landing.py [--events 400000] [--partitions 4] [--flush-age 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from embedded.broker import EmbeddedBroker, ensure_topics, free_port
-from eventpipe_core.kafka_clients import consumer_config, producer_config
+from eventpipe_core.kafka_clients import librdkafka_consumer_config, librdkafka_producer_config
 from eventpipe_core.lake_catalog import iter_commit_records, last_partition_commit
 from eventpipe_core.lake_store import open_lake
 from eventpipe_core.settings import Settings, load_settings
-from ingest_consumer.consumer import LandingConsumer
 
 BASE_MS = 1_767_225_600_000
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def realistic_envelope(i: int, rng: random.Random) -> bytes:
@@ -46,84 +55,107 @@ def realistic_envelope(i: int, rng: random.Random) -> bytes:
 
 
 def produce(settings: Settings, n: int) -> tuple[dict[int, int], int]:
-    from kafka import KafkaProducer
+    from confluent_kafka import Producer
 
     rng = random.Random(7)
-    producer = KafkaProducer(**producer_config(settings, linger_ms=20, batch_size=512 * 1024, max_block_ms=60_000))
-    futures, raw_bytes = [], 0
+    producer = Producer(librdkafka_producer_config(settings, client_id="bench-landing", timeout_ms=120_000))
+    ends: dict[int, int] = {}
+    raw_bytes = 0
+
+    def report(err, msg) -> None:  # noqa: ANN001
+        if err is None:
+            ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+
     for i in range(n):
         value = realistic_envelope(i, rng)
         raw_bytes += len(value)
-        futures.append(producer.send(settings.kafka_events_topic, key=str(i % 1000).encode(), value=value))
-    producer.flush(timeout=300)
-    ends: dict[int, int] = {}
-    for f in futures:
-        md = f.get(timeout=60)
-        ends[md.partition] = max(ends.get(md.partition, 0), md.offset + 1)
-    producer.close()
+        while True:
+            try:
+                producer.produce(settings.kafka_events_topic, value, str(i % 1000).encode(), on_delivery=report)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(300) == 0
     return ends, raw_bytes
 
 
-def raw_poll_rate(settings: Settings, n: int) -> float:
-    from kafka import KafkaConsumer, TopicPartition
+def bare_rate(settings: Settings, n: int) -> float:
+    """Subscribe (group join included) and read the whole topic with librdkafka."""
+    from confluent_kafka import Consumer
 
-    consumer = KafkaConsumer(**consumer_config(settings, group_id=None, max_poll_records=5000))
-    tps = [TopicPartition(settings.kafka_events_topic, p) for p in range(settings.kafka_events_partitions)]
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    seen, t0 = 0, time.perf_counter()
+    t0 = time.perf_counter()
+    consumer = Consumer(librdkafka_consumer_config(settings, client_id="bench-bare") | {"group.id": "bench-bare"})
+    consumer.subscribe([settings.kafka_events_topic])
+    seen = 0
     while seen < n:
-        for records in consumer.poll(timeout_ms=1000).values():
-            seen += len(records)
+        for m in consumer.consume(5000, 1.0):
+            if m.error() is None:
+                seen += 1
     elapsed = time.perf_counter() - t0
     consumer.close()
     return n / elapsed
 
 
-def landing_rate(settings: Settings, ends: dict[int, int]) -> tuple[float, int, int]:
+def landing_rate(settings: Settings, home: Path, ends: dict[int, int], flush_age: float) -> tuple[float, int, int, int]:
     lake = open_lake(settings)
-    landing = LandingConsumer(settings, lake=lake)
-    t0 = time.perf_counter()
-    thread = threading.Thread(target=landing.run, daemon=True)
-    thread.start()
-    while not all((c := last_partition_commit(lake, p)) is not None and c.end_offset >= e for p, e in ends.items()):
-        time.sleep(0.05)
-    elapsed = time.perf_counter() - t0
-    landing.stop()
-    thread.join(30)
+    log_path = home / "consumer.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "CONSUMER_", "LAKE_URL"))} | {
+        "EVENTPIPE_HOME": str(home), "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+        "KAFKA_CONSUMER_GROUP": "bench-landing", "LAKE_URL": settings.lake_url or "", "CONSUMER_METRICS_PORT": "0",
+        "CONSUMER_FLUSH_AGE_S": str(flush_age), "CONSUMER_LOG_INTERVAL_S": "3600", "PYTHONUNBUFFERED": "1",
+    }
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "eventpipe_cli.main", "consumer"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+    try:
+        while "joining group" not in log_path.read_text(errors="replace"):
+            assert proc.poll() is None, log_path.read_text()[-2000:]
+            time.sleep(0.01)
+        t0 = time.perf_counter()
+        while not all((c := last_partition_commit(lake, p)) is not None and c.end_offset >= e for p, e in ends.items()):
+            assert proc.poll() is None, log_path.read_text()[-2000:]
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - t0
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        rss_kb = int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1])
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     records = list(iter_commit_records(lake))
     lake_bytes = sum(len(lake.get(o.key)) for r in records for o in r.objects)
-    return sum(ends.values()) / elapsed, lake_bytes, len(records)
+    return sum(ends.values()) / elapsed, lake_bytes, len(records), rss_kb
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--events", type=int, default=400_000)
     ap.add_argument("--partitions", type=int, default=4)
-    ap.add_argument("--flush-records", type=int, default=25_000)
+    ap.add_argument("--flush-age", type=float, default=2.0, help="CONSUMER_FLUSH_AGE_S (the tail of the topic)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        broker = EmbeddedBroker(host="127.0.0.1", port=free_port(), log_path=Path(tmp) / "broker.log").start()
+    with tempfile.TemporaryDirectory(prefix="bench-landing-") as tmp:
+        home = Path(tmp)
+        broker = EmbeddedBroker(host="127.0.0.1", port=free_port(), log_path=home / "broker.log").start()
         try:
-            settings = load_settings(
-                eventpipe_home=Path(tmp), kafka_bootstrap_servers=broker.bootstrap, lake_url=(Path(tmp) / "lake").as_uri(),
-                kafka_events_partitions=args.partitions, consumer_assign_partitions=",".join(map(str, range(args.partitions))),
-                consumer_flush_records=args.flush_records, consumer_flush_age_s=2.0, consumer_log_interval_s=3600,
-                consumer_metrics_port=0,
-            )
+            settings = load_settings(eventpipe_home=home, kafka_bootstrap_servers=broker.bootstrap,
+                                     lake_url=(home / "lake").as_uri(), kafka_events_partitions=args.partitions)
             ensure_topics(settings, broker.bootstrap)
             t0 = time.perf_counter()
             ends, raw_bytes = produce(settings, args.events)
-            took = time.perf_counter() - t0
-            print(f"produced {args.events} events in {took:.1f}s ({raw_bytes / args.events:.0f} B JSON/event)")
-            raw = raw_poll_rate(settings, args.events)
-            landed, lake_bytes, batches = landing_rate(settings, ends)
+            print(f"produced {args.events} events in {time.perf_counter() - t0:.1f}s "
+                  f"({raw_bytes / args.events:.0f} B JSON/event); shared machine: compare the ratio")
+            raw = bare_rate(settings, args.events)
+            landed, lake_bytes, batches, rss_kb = landing_rate(settings, home, ends, args.flush_age)
         finally:
             broker.stop()
-    print(f"raw kafka-python poll : {raw:10.0f} events/s")
-    print(f"landed (committed)    : {landed:10.0f} events/s   ratio {landed / raw:.2f} of raw poll  ({batches} batches)")
-    print(f"lake bytes per event  : {lake_bytes / args.events:10.1f} B   vs raw JSON {raw_bytes / args.events:.1f} B"
-          f"   ({lake_bytes / raw_bytes:.2%})")
+    print(f"bare librdkafka consumer (join included) : {raw:10.0f} events/s")
+    print(f"landed (committed, join included)        : {landed:10.0f} events/s   ratio {landed / raw:.2f}  ({batches} batches)")
+    print(f"landing consumer peak RSS                : {rss_kb / 1024:10.0f} MiB (default flush sizes)")
+    print(f"lake bytes per event                     : {lake_bytes / args.events:10.1f} B   vs raw JSON "
+          f"{raw_bytes / args.events:.1f} B ({lake_bytes / raw_bytes:.2%})")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,14 @@ Answers (Amplitude's bodies; the SDKs read ``code`` and the index lists)
       ``Invalid API key: <key>`` (unknown or revoked), ``Invalid content type, …``,
       ``Event properties violate the tracking plan`` (+ ``events_with_invalid_fields.event_properties``
       and ``plan_violations``); all index maps are always reported together;
-    * 413 ``Payload too large``; 415 unsupported ``Content-Encoding``;
+    * 400 ``Some events are larger than the broker's message limit`` (+ ``events_too_large``,
+      ``events_with_invalid_fields.event`` — the indexes — and ``max_event_bytes``): an event whose
+      envelope exceeds ``COLLECTOR_MAX_EVENT_BYTES`` (1,000,000, Kafka's default message limit);
+    * 408 ``Request timeout: the body did not arrive in time`` — the body took longer than
+      ``COLLECTOR_BODY_TIMEOUT_S``; a connection whose request line and headers take longer than
+      ``COLLECTOR_HEADER_TIMEOUT_S`` is closed (slowloris);
+    * 413 ``Payload too large`` (also more than ``COLLECTOR_BATCH_MAX_EVENTS`` = 100,000 events in
+      one /batch; Amplitude caps only the size); 415 unsupported ``Content-Encoding``;
     * 429 ``{"code":429,"error":…,"eps_threshold":…,"throttled_devices":{id: eps},
       "throttled_users":{id: eps},"throttled_events":[i,…]}``;
     * 503 ``Service unavailable: events were not written, retry`` — Kafka failed or did not
@@ -32,14 +39,27 @@ Event rules
     ``event_type`` required (not one of Amplitude's reserved names); ``user_id`` or ``device_id``
     required, strings, not in the invalid-ID list (case-insensitive), at least 5 characters or
     ``options.min_id_length``; every field of its documented type (``time``/ids/``quantity``
-    integers in int64, ``time`` in ``[0, now + COLLECTOR_MAX_FUTURE_S]`` ms); strings, property
+    integers in int64, ``time`` in ``[2000-01-01, now + COLLECTOR_MAX_FUTURE_S]`` in ms — an earlier
+    one is almost always seconds sent as ms); strings, property
     keys and property strings ≤ 1024 characters and valid Unicode; property objects nested ≤ 40
     levels; JSON without NaN/Infinity. Unknown fields and nulls are dropped, a missing ``time``
     becomes the upload time, ``ip: "$remote"`` becomes the client IP (``X-Forwarded-For`` is
     honoured only when the peer is in ``COLLECTOR_TRUSTED_PROXIES``; the right-most untrusted
-    address wins). A missing ``insert_id`` is generated: derived from the event's content and
-    project when the event has its own ``time`` (a retried copy gets the same id and downstream
-    deduplication drops it), random otherwise.
+    address wins). A missing ``insert_id`` is generated, always deterministically: from the
+    project, the event as sent and the number of identical events before it in the request — a
+    re-sent request (after a 503, a lost answer or a partial write) gets the same ids and
+    downstream deduplication drops the copies (two identical events without ``time`` in separate
+    requests count once: send ``time`` or ``insert_id``). Last, the lake's own rule
+    (:func:`eventpipe_core.event_model.event_problems`, which the landing consumer dead-letters by,
+    e.g. ``insert_id: ""``) is applied: nothing acknowledged is dead-lettered later. An API key
+    that is not valid Unicode is an invalid key (400).
+
+Serving
+    Requests over 256 KiB are decoded and parsed in the thread pool, and more than 5,000 events are
+    validated and encoded in chunks of 5,000 there, so a 20 MB /batch does not stall the event
+    loop. CORS: preflights (``OPTIONS``) and responses carry ``Access-Control-Allow-Origin`` for
+    ``COLLECTOR_CORS_ORIGINS`` (comma-separated; ``*``, the default, allows any page; empty turns
+    CORS off).
 
 Envelope (produced to ``KAFKA_EVENTS_TOPIC``, key ``device_id`` else ``user_id``)
     :func:`eventpipe_core.event_model.make_envelope`: the normalised event plus ``project``,
@@ -56,8 +76,10 @@ Rate limits (token buckets, :mod:`collector.ratelimit`)
       answered 503 is refunded for the same reason;
     * per API key: ``COLLECTOR_KEY_RPS`` (100) requests/s over the same window; over it, 429 with
       every event index in ``throttled_events`` (SDKs back off 30 s).
-    Limits are kept per collector process: with ``--workers N`` each worker enforces them on the
-    requests it receives (up to N × the limit overall).
+    With ``REDIS_URL`` the buckets live in Redis (:class:`collector.ratelimit.RedisTokenBuckets`,
+    one atomic script per check) and are shared by every worker (``COLLECTOR_WORKERS``) and host;
+    without it each worker process enforces them on the requests it receives (up to N × the limit
+    overall). When Redis fails, a worker falls back to its own buckets until it answers again.
 
 Tracking plan (``eventpipe schemas …``)
     Per project an optional JSON Schema for the ``event_properties`` of each event type and an

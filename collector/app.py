@@ -1,19 +1,24 @@
 """The collector's ASGI app (Starlette): Amplitude HTTP V2, Batch and /track → Kafka.
 
-Request pipeline (first failing step answers): content type (400) → body size, while reading
-(413) → gzip/deflate decoding (400/413/415) → JSON (400) → request shape (400 ``missing_field``)
-→ API key (400 ``Invalid API key: …``) → per-key request rate (429) → event count (413, V2 and
-/track) → every event's fields (400 with the index lists) → tracking plan in ``reject`` mode
-(400) → per-device / per-user event rate (429) → produce every envelope and wait for all acks
-(200, or 503 if Kafka fails or times out). A request is all-or-nothing: on any non-200 answer no
-event of it is produced, which is what the SDKs assume when they re-send the events not listed.
+Request pipeline (first failing step answers): content type (400) → body size and deadline,
+while reading (413, 408) → gzip/deflate decoding (400/413/415) → JSON (400) → request shape (400
+``missing_field``) → API key (400 ``Invalid API key: …``) → per-key request rate (429) → event
+count (413: V2 and /track 2000, /batch ``COLLECTOR_BATCH_MAX_EVENTS``) → every event's fields
+and the lake's rule (400 with the index lists) → tracking plan in ``reject`` mode (400) → encoded
+size of each event (400 ``events_too_large``) → per-device / per-user event rate (429) → produce
+every envelope and wait for all acks (200, or 503 if Kafka fails or times out). A request is
+all-or-nothing: on any 4xx no event of it is produced, which is what the SDKs assume when they
+re-send the events not listed; a 503 may follow a partial write, harmless because a re-send
+carries the same insert_ids (given or generated deterministically).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -23,14 +28,16 @@ from typing import Any
 import fastjsonschema
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from collector import validation as v
 from collector.metrics import CONTENT_TYPE_LATEST, CollectorMetrics
-from collector.producer import EventProducer, ProduceError
-from collector.ratelimit import TokenBuckets
+from collector.producer import EventProducer, ProduceError, RecordTooLarge
+from collector.ratelimit import make_limits
 from eventpipe_core.event_model import encode_envelope, event_key, make_envelope
 from eventpipe_core.metadata import MetadataError, MetadataStore, ProjectPlan
 from eventpipe_core.settings import Settings, get_settings
@@ -46,6 +53,9 @@ class Endpoint:
     batch_limits: bool  # Batch API rate limits (1000 eps) instead of V2's (30 eps)
     bare: bool = False  # /track: also a bare event or list of events
 
+
+VALIDATE_CHUNK = 5000  # events per chunk of validation/encoding; bigger requests do it in the thread pool
+PARSE_INLINE_BYTES = 256 * 1024  # bodies above this are decoded and parsed in the thread pool
 
 V2 = Endpoint("httpapi", v.V2_MAX_BYTES, v.V2_MAX_EVENTS, batch_limits=False)
 BATCH = Endpoint("batch", v.BATCH_MAX_BYTES, None, batch_limits=True)
@@ -116,10 +126,7 @@ class Collector:
         self.producer = producer or EventProducer(settings)
         self.metrics = CollectorMetrics()
         self.trusted = parse_networks(settings.collector_trusted_proxies)
-        window = settings.collector_eps_window_s
-        self.v2_limits = TokenBuckets(settings.collector_v2_eps, window)
-        self.batch_limits = TokenBuckets(settings.collector_batch_eps, window)
-        self.key_limits = TokenBuckets(settings.collector_key_rps, window)
+        self.v2_limits, self.batch_limits, self.key_limits, self.redis = make_limits(settings)
         self.keys = _TTLCache(settings.collector_metadata_ttl_s)
         self.plans = _TTLCache(settings.collector_metadata_ttl_s)
 
@@ -156,67 +163,130 @@ class Collector:
             raise v.error(413, v.ERR_PAYLOAD_TOO_LARGE, "payload_too_large")
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > endpoint.max_bytes:
-                raise v.error(413, v.ERR_PAYLOAD_TOO_LARGE, "payload_too_large")
-            chunks.append(chunk)
+
+        async def read() -> None:
+            nonlocal size
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > endpoint.max_bytes:
+                    raise v.error(413, v.ERR_PAYLOAD_TOO_LARGE, "payload_too_large")
+                chunks.append(chunk)
+
+        try:  # a client trickling its body (slowloris) is cut off: 408, which SDKs retry
+            await asyncio.wait_for(read(), self.settings.collector_body_timeout_s)
+        except TimeoutError:
+            raise v.error(408, v.ERR_BODY_TIMEOUT, "body_timeout") from None
         return b"".join(chunks)
+
+    async def _off_loop(self, big: bool, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` in the thread pool when the work is big (the event loop keeps answering others)."""
+        if big:
+            return await run_in_threadpool(fn, *args, **kwargs)
+        return fn(*args, **kwargs)
+
+    async def validate(
+        self, upload: v.UploadRequest, *, project: str, now_ms: int, client_ip: str | None,
+    ) -> list[dict[str, Any]]:
+        """Every event's rules, in chunks of ``VALIDATE_CHUNK`` events (off the loop beyond the first)."""
+        n = len(upload.events)
+        errors = v.EventErrors()
+        seen: dict[str, int] = {}
+        out: list[dict[str, Any]] = []
+        for start in range(0, n, VALIDATE_CHUNK):
+            events, errs = await self._off_loop(
+                n > VALIDATE_CHUNK, v.validate_events, upload.events[start:start + VALIDATE_CHUNK], project=project,
+                min_id_length=upload.min_id_length, now_ms=now_ms, max_future_ms=self.settings.collector_max_future_s * 1000,
+                client_ip=client_ip, index_offset=start, seen=seen,
+            )
+            errors.merge(errs)
+            if not errors:
+                out.extend(events)
+        if errors:
+            raise errors.rejection()
+        return out
+
+    def encode(
+        self, events: list[dict[str, Any]], start: int, *, project: str, received_at: int, client_ip: str | None,
+        upload_id: str, violations: dict[int, list[str]],
+    ) -> tuple[list[tuple[bytes | None, bytes]], list[int]]:
+        """(key, envelope) records of ``events`` (indexes from ``start``), and the indexes of events
+        larger than ``COLLECTOR_MAX_EVENT_BYTES`` once encoded (the broker's message limit)."""
+        limit = self.settings.collector_max_event_bytes
+        records: list[tuple[bytes | None, bytes]] = []
+        too_large: list[int] = []
+        for i, event in enumerate(events, start):
+            key = event_key(event)
+            value = encode_envelope(make_envelope(
+                event, project=project, received_at_ms=received_at, client_ip=client_ip, upload_id=upload_id,
+                plan_violations=violations.get(i),
+            ))
+            if len(value) + len(key or b"") > limit:
+                too_large.append(i)
+            records.append((key, value))
+        return records, too_large
 
     async def ingest(self, request: Request, endpoint: Endpoint) -> tuple[Response, int, str]:
         """Answer one upload; returns (response, number of events, metrics reason)."""
         received_at = int(time.time() * 1000)
         v.check_content_type(request.headers.get("content-type"))
         raw = await self.read_body(request, endpoint)
-        body = v.decode_body(raw, request.headers.get("content-encoding"), endpoint.max_bytes)
-        payload = v.parse_json(body)
+        big = len(raw) > PARSE_INLINE_BYTES
+        body = await self._off_loop(big, v.decode_body, raw, request.headers.get("content-encoding"), endpoint.max_bytes)
+        payload = await self._off_loop(big or len(body) > PARSE_INLINE_BYTES, v.parse_json, body)
         upload = v.parse_upload(payload, request.headers.get("x-api-key"), allow_bare=endpoint.bare)
+        del payload
         n = len(upload.events)
         request.state.n_events = n
 
         project = await self.project_for_key(upload.api_key)
         if project is None:
             raise v.error(400, f"{v.ERR_INVALID_KEY_PREFIX}: {upload.api_key[:100]}", "invalid_api_key")
-        if self.key_limits.acquire({upload.api_key: 1}):
+        if await self.key_limits.acquire({upload.api_key: 1}):
             self.metrics.events_throttled.labels(endpoint.name, "api_key").inc(n)
             raise v.error(
                 429, v.ERR_KEY_THROTTLED, "throttled_key",
                 eps_threshold=self._eps(endpoint), throttled_devices={}, throttled_users={},
                 throttled_events=list(range(n)),
             )
-        if endpoint.max_events is not None and n > endpoint.max_events:
+        max_events = endpoint.max_events if endpoint.max_events is not None else self.settings.collector_batch_max_events
+        if n > max_events:
             raise v.error(413, v.ERR_PAYLOAD_TOO_LARGE, "too_many_events")
 
         ip = client_ip(request, self.trusted)
-        events, errors = v.validate_events(
-            upload.events, project=project, min_id_length=upload.min_id_length, now_ms=received_at,
-            max_future_ms=self.settings.collector_max_future_s * 1000, client_ip=ip,
-        )
-        if errors:
-            raise errors.rejection()
+        events = await self.validate(upload, project=project, now_ms=received_at, client_ip=ip)
+        del upload
 
         violations = await self.check_plan(project, events)
-        limits, demand = self.throttle(endpoint, events)
-
         upload_id = str(uuid.uuid4())
-        records = [
-            (
-                event_key(event),
-                encode_envelope(
-                    make_envelope(
-                        event, project=project, received_at_ms=received_at, client_ip=ip, upload_id=upload_id,
-                        plan_violations=violations.get(i),
-                    )
-                ),
+        records: list[tuple[bytes | None, bytes]] = []
+        too_large: list[int] = []
+        for start in range(0, n, VALIDATE_CHUNK):
+            chunk, large = await self._off_loop(
+                n > VALIDATE_CHUNK, self.encode, events[start:start + VALIDATE_CHUNK], start, project=project,
+                received_at=received_at, client_ip=ip, upload_id=upload_id, violations=violations,
             )
-            for i, event in enumerate(events)
-        ]
+            records.extend(chunk)
+            too_large.extend(large)
+        if too_large:
+            raise v.error(
+                400, v.ERR_EVENT_TOO_LARGE, "event_too_large", events_with_invalid_fields={"event": too_large},
+                events_too_large=too_large, max_event_bytes=self.settings.collector_max_event_bytes,
+            )
+        limits, demand = await self.throttle(endpoint, events)
+        del events
+
         t0 = time.perf_counter()
         try:
             await self.producer.produce(records)
+        except RecordTooLarge as exc:  # librdkafka's own limit (normally above ours)
+            await limits.refund(demand)
+            raise v.error(
+                400, v.ERR_EVENT_TOO_LARGE, "event_too_large", events_with_invalid_fields={"event": [exc.index]},
+                events_too_large=[exc.index], max_event_bytes=self.settings.collector_max_event_bytes,
+            ) from None
         except ProduceError as exc:
             log.warning("answering 503: %s", exc)
-            limits.refund(demand)  # the client will send these events again
+            await limits.refund(demand)  # the client will send these events again
             raise v.error(503, v.ERR_UNAVAILABLE, "kafka_unavailable") from None
         self.metrics.produce_latency.observe(time.perf_counter() - t0)
         self.metrics.events_accepted.labels(endpoint.name).inc(n)
@@ -256,9 +326,7 @@ class Collector:
                 )
         return violations
 
-    def throttle(
-        self, endpoint: Endpoint, events: list[dict[str, Any]],
-    ) -> tuple[TokenBuckets, dict[tuple[str, str], int]]:
+    async def throttle(self, endpoint: Endpoint, events: list[dict[str, Any]]) -> tuple[Any, dict[tuple[str, str], int]]:
         """Per-device and per-user event rate; 429 in Amplitude's shape if any is over. Returns
         what was charged, so a request that then fails can be refunded."""
         limits = self.batch_limits if endpoint.batch_limits else self.v2_limits
@@ -268,7 +336,7 @@ class Collector:
                 value = event.get(kind)
                 if value:
                     demand[(kind, value)] = demand.get((kind, value), 0) + 1
-        over = limits.acquire(demand)
+        over = await limits.acquire(demand)
         if not over:
             return limits, demand
         devices = {k[1]: rate for k, rate in over.items() if k[0] == "device_id"}
@@ -302,7 +370,7 @@ def _handler(endpoint: Endpoint):
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "ok", "worker": os.getpid()})  # which worker process answered
 
 
 async def readyz(request: Request) -> Response:
@@ -330,6 +398,20 @@ async def server_error(request: Request, exc: Exception) -> Response:
     return PlainTextResponse("Internal Server Error", status_code=500)
 
 
+def cors_middleware(settings: Settings) -> list[Middleware]:
+    """Browser SDKs post from web pages: answer CORS preflights for ``COLLECTOR_CORS_ORIGINS``
+    (comma-separated origins, ``*`` = any — the default, as Amplitude's endpoints; empty = none).
+    No credentials are involved (the API key is in the body), so ``*`` exposes nothing a page could
+    not send anyway."""
+    origins = [o.strip() for o in settings.collector_cors_origins.split(",") if o.strip()]
+    if not origins:
+        return []
+    return [Middleware(
+        CORSMiddleware, allow_origins=origins, allow_methods=["POST", "GET", "OPTIONS"], allow_headers=["*"],
+        allow_credentials=False, max_age=86_400,
+    )]
+
+
 def create_app(
     settings: Settings | None = None, *, store: MetadataStore | None = None, producer: EventProducer | None = None,
 ) -> Starlette:
@@ -341,10 +423,14 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(collector.store.ensure_schema)
         collector.producer.start()
+        # Connect before serving (bounded): the first requests do not wait for the bootstrap.
+        await run_in_threadpool(collector.producer.warm_up, 3.0)
         try:
             yield
         finally:
             await run_in_threadpool(collector.producer.close)
+            if collector.redis is not None:
+                await collector.redis.aclose()
 
     routes = [
         Route("/2/httpapi", _handler(V2), methods=["POST"]),
@@ -355,7 +441,7 @@ def create_app(
         Route("/metrics", metrics, methods=["GET"]),
     ]
     app = Starlette(
-        routes=routes, lifespan=lifespan,
+        routes=routes, lifespan=lifespan, middleware=cors_middleware(settings),
         exception_handlers={404: not_found, 405: method_not_allowed, 500: server_error},
     )
     app.state.collector = collector

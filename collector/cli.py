@@ -42,15 +42,14 @@ def collector(
 
     settings = settings_or_exit()
     setup_logging()
+    from collector.server import uvicorn_options
     from eventpipe_core.metadata import get_metadata_store
 
     get_metadata_store(settings).dispose()  # create the tables once, before workers race to
     uvicorn.run(
         "collector.app:create_app", factory=True,
         host=host or settings.collector_host, port=port or settings.collector_port,
-        workers=workers or settings.collector_workers,
-        proxy_headers=False,  # X-Forwarded-For is handled by the app, from trusted proxies only
-        access_log=False, log_level="info",
+        workers=workers or settings.collector_workers, log_level="info", **uvicorn_options(settings),
     )
 
 

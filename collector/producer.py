@@ -1,34 +1,47 @@
-"""Produce envelopes to Kafka without blocking the event loop, and know when they are written.
+"""Produce envelopes to Kafka with librdkafka (confluent-kafka) and know when they are written.
 
-``send()`` of kafka-python can block (metadata fetch, full buffer), so it runs in a thread pool;
-acknowledgements come back through the record futures' callbacks (on the producer's I/O
-thread) and wake the request's coroutine once every record is acknowledged — no thread waits for
-acks. The producer's ``delivery_timeout_ms`` equals the collector's produce timeout, and a request
-is answered only when each of its records is acknowledged, failed or expired — so a record refused
-with 503 is never written after the answer. (Before it, a batch in flight when the broker fails
-may have been written without the ack arriving: the 503 is then a partial write; the client
-retries and the deterministic insert_id lets downstream drop the copies.)
+``Producer.produce()`` only enqueues (microseconds, never blocks on the network), so it is called
+on the event loop; a background thread serves librdkafka's delivery reports (``poll``), and each
+request's reports wake its coroutine through ``call_soon_threadsafe`` once every record of it is
+settled — no thread waits for acks. Settings: ``acks=all``, lz4 compression, idempotence when the
+broker supports it (:func:`eventpipe_core.kafka_clients.librdkafka_producer_config`), and
+``message.timeout.ms`` equal to the collector's produce timeout. A request is answered only when
+each of its records is acknowledged, failed or expired — so a record refused with 503 is never
+written after the answer. (Before it, a batch in flight when the broker fails may have been written
+without the ack arriving: the 503 is then a partial write; the client retries and the
+deterministic insert_id lets downstream drop the copies.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from eventpipe_core.kafka_clients import producer_config
+from eventpipe_core.kafka_clients import librdkafka_producer_config
 from eventpipe_core.settings import Settings
 
 log = logging.getLogger(__name__)
+RDKAFKA_LOG = logging.getLogger("collector.librdkafka")  # librdkafka's own log lines, through logging
+
+CHUNK = 2000  # records enqueued between two yields to the event loop
+FENCED = frozenset({"PRODUCER_FENCED", "INVALID_PRODUCER_EPOCH", "UNKNOWN_PRODUCER_ID", "OUT_OF_ORDER_SEQUENCE_NUMBER",
+                    "INVALID_PRODUCER_ID_MAPPING", "_FATAL", "_FENCED"})
 
 
 class ProduceError(RuntimeError):
     """Some record of a request was not acknowledged by Kafka (answer 503)."""
+
+
+class RecordTooLarge(ProduceError):
+    """librdkafka refused a record at once as larger than its message limit."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class _Acks:
@@ -36,10 +49,12 @@ class _Acks:
     failed or known unsent — never earlier, so no record of a refused request is written after the
     answer."""
 
+    __slots__ = ("loop", "pending", "error", "done", "_lock")
+
     def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
         self.loop = loop
         self.pending = n
-        self.error: BaseException | None = None
+        self.error: Any = None
         self.done: asyncio.Future[None] = loop.create_future()
         self._lock = threading.Lock()
 
@@ -47,147 +62,181 @@ class _Acks:
         if not self.done.done():
             self.done.set_result(None)
 
-    def _count(self, n: int, exc: BaseException | None) -> None:
+    def _count(self, n: int, exc: Any) -> None:
         with self._lock:
             if exc is not None and self.error is None:
                 self.error = exc
             self.pending -= n
-            finished = self.pending <= 0
+            finished = self.pending == 0
         if finished:
             self.loop.call_soon_threadsafe(self._settle)
 
-    def ok(self, _metadata: Any) -> None:
-        self._count(1, None)
-
-    def failed(self, exc: BaseException) -> None:
-        self._count(1, exc)
+    def report(self, err: Any, _msg: Any) -> None:
+        """librdkafka's delivery report (poll thread)."""
+        self._count(1, err)
 
     def unsent(self, n: int, exc: BaseException) -> None:
-        self._count(n, exc)
+        if n:
+            self._count(n, exc)
 
 
 class EventProducer:
-    """One KafkaProducer per collector process.
+    """One librdkafka producer per collector process (worker)."""
 
-    It is created in a background thread (kafka-python's constructor blocks until it can
-    bootstrap, 30 s without a broker), so the collector starts and answers 503 while Kafka is
-    away, and picks Kafka up when it appears.
-    """
-
-    def __init__(self, settings: Settings, *, timeout_s: float | None = None, threads: int = 4, **overrides: Any) -> None:
+    def __init__(self, settings: Settings, *, timeout_s: float | None = None, **overrides: Any) -> None:
         self.settings = settings
         self.topic = settings.kafka_events_topic
         self.timeout_s = timeout_s if timeout_s is not None else settings.collector_produce_timeout_s
-        timeout_ms = int(self.timeout_s * 1000)
-        base = producer_config(settings)
-        linger = int(base.get("linger_ms", 5))
-        self.config = producer_config(
-            settings,
-            client_id="eventpipe-collector",
-            delivery_timeout_ms=timeout_ms,
-            request_timeout_ms=min(int(base.get("request_timeout_ms", 10_000)), max(500, timeout_ms - linger - 200)),
-            max_block_ms=min(int(base.get("max_block_ms", 10_000)), max(500, timeout_ms // 2)),
-            **overrides,
+        self.config = librdkafka_producer_config(
+            settings, client_id="eventpipe-collector", timeout_ms=int(self.timeout_s * 1000), **overrides,
         )
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="collector-produce")
         self._producer: Any = None
-        self._created = threading.Event()
-        self._creator: threading.Thread | None = None
+        self._poller: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._closed = False
+        self._closed = threading.Event()
+        self._fatal: Any = None
 
-    def _create(self) -> None:
-        from kafka import KafkaProducer
+    # --- lifecycle ---------------------------------------------------------------------------
+    def _on_error(self, err: Any) -> None:
+        if err.fatal():  # e.g. an idempotence violation: this producer instance is unusable
+            log.error("Kafka producer fatal error, recreating it: %s", err)
+            self._fatal = err
+        else:
+            log.debug("Kafka producer: %s", err)
 
-        try:
-            producer = KafkaProducer(**self.config)
-        except Exception as exc:  # noqa: BLE001 - retried by the next request
-            log.warning("Kafka producer not available yet: %r", exc)
-            return
+    def _ensure(self) -> Any:
+        from confluent_kafka import Producer
+
         with self._lock:
-            if self._closed:
-                producer.close(timeout=1)
-                return
-            self._producer = producer
-            self._created.set()
+            if self._closed.is_set():
+                raise ProduceError("producer closed")
+            if self._producer is not None and self._fatal is not None:
+                old, self._producer, self._fatal = self._producer, None, None
+                threading.Thread(target=old.flush, args=(self.timeout_s,), daemon=True).start()  # settle its records
+            if self._producer is None:
+                self._producer = Producer(self.config | {"error_cb": self._on_error, "logger": RDKAFKA_LOG})
+            if self._poller is None:
+                self._poller = threading.Thread(target=self._poll_loop, name="collector-kafka-poll", daemon=True)
+                self._poller.start()
+            return self._producer
 
-    def _start_creating(self) -> None:
-        with self._lock:
-            if self._producer is None and not self._closed and (self._creator is None or not self._creator.is_alive()):
-                self._creator = threading.Thread(target=self._create, name="collector-kafka-connect", daemon=True)
-                self._creator.start()
+    def _poll_loop(self) -> None:
+        """Serve delivery reports until closed (they run the request callbacks)."""
+        while not self._closed.is_set():
+            producer = self._producer
+            if producer is None:
+                time.sleep(0.05)
+                continue
+            try:
+                producer.poll(0.1)
+            except Exception:  # noqa: BLE001 - a callback failing must not stop the reports
+                log.exception("Kafka delivery report handling failed")
 
     def start(self) -> None:
-        """Begin connecting to Kafka in the background (the app does this at startup)."""
-        self._start_creating()
+        """Create the producer (it connects in the background; the app calls this at startup)."""
+        self._ensure()
 
-    def _wait_producer(self, deadline: float) -> Any:
-        self._start_creating()
-        if not self._created.wait(max(0.0, deadline - time.monotonic())):
-            raise ProduceError("Kafka not reachable")
-        return self._producer
-
-    def _send_all(self, records: Sequence[tuple[bytes | None, bytes]], acks: _Acks, deadline: float) -> None:
-        """Send until done or past the deadline; what was not sent is settled as failed at once."""
-        sent = 0
+    def warm_up(self, timeout_s: float) -> bool:
+        """Connect and learn the topic now, so the first request does not pay for it (blocking)."""
         try:
-            producer = self._wait_producer(deadline)
-            for key, value in records:
-                if time.monotonic() > deadline:
-                    raise ProduceError("produce deadline passed before every record was sent")
-                future = producer.send(self.topic, key=key, value=value)
-                sent += 1
-                future.add_callback(acks.ok)
-                future.add_errback(acks.failed)
-        except Exception as exc:  # noqa: BLE001 - any client error means "not written"
-            acks.unsent(len(records) - sent, exc)
+            return self._topic_known(timeout_s)
+        except Exception:  # noqa: BLE001 - Kafka away: requests get 503 until it is back
+            return False
 
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                remaining = producer.flush(5)
+                if remaining:
+                    log.warning("closing with %d records not delivered", remaining)
+            except Exception:  # noqa: BLE001 - closing on shutdown
+                log.exception("closing the Kafka producer")
+        if self._poller is not None:
+            self._poller.join(2)
+
+    # --- producing ---------------------------------------------------------------------------
     async def produce(self, records: Sequence[tuple[bytes | None, bytes]]) -> None:
         """Return once every record is acknowledged (acks=all); raise :class:`ProduceError` otherwise.
 
-        Either way, by the time this returns every record sent has settled (acknowledged or
-        expired after ``delivery_timeout_ms``).
+        Either way, by the time this returns every record enqueued has settled (acknowledged or
+        expired after ``message.timeout.ms``). Records are enqueued in chunks with a yield to the
+        event loop between chunks, so a 100k-event /batch does not stall other requests.
         """
         if not records:
             return
+        from confluent_kafka import KafkaException
+
         loop = asyncio.get_running_loop()
         acks = _Acks(loop, len(records))
         deadline = time.monotonic() + self.timeout_s
-        await loop.run_in_executor(self._executor, self._send_all, records, acks, deadline)
+        topic = self.topic
+        sent = 0
         try:
-            # Records expire in the producer after delivery_timeout_ms; the margin covers the callbacks.
+            producer = self._ensure()
+            produce, report = producer.produce, acks.report
+            while sent < len(records):
+                for key, value in records[sent:sent + CHUNK]:
+                    while True:
+                        try:
+                            produce(topic, value, key, on_delivery=report)
+                            break
+                        except BufferError:  # local queue full: let the reports drain it
+                            if time.monotonic() > deadline:
+                                raise ProduceError("producer queue full until the deadline") from None
+                            await asyncio.sleep(0.005)
+                        except KafkaException as exc:
+                            err = exc.args[0] if exc.args else None
+                            if err is not None and err.name() == "MSG_SIZE_TOO_LARGE":
+                                raise RecordTooLarge(sent, str(err)) from None
+                            raise
+                    sent += 1
+                if sent < len(records):
+                    await asyncio.sleep(0)
+        except asyncio.CancelledError as exc:
+            acks.unsent(len(records) - sent, exc)
+            raise
+        except Exception as exc:
+            acks.unsent(len(records) - sent, exc)
+            if sent == 0 and isinstance(exc, ProduceError):
+                raise
+            if sent == 0:
+                raise ProduceError(f"Kafka produce failed: {exc!r}") from exc
+            await self._wait(acks)  # what was enqueued must settle before we answer
+            if isinstance(exc, ProduceError):
+                raise
+            raise ProduceError(f"Kafka produce failed: {exc!r}") from exc
+        await self._wait(acks)
+        if acks.error is not None:
+            self._check_fenced(acks.error)
+            raise ProduceError(f"Kafka produce failed: {acks.error}")
+
+    def _check_fenced(self, err: Any) -> None:
+        """An idempotent producer whose id the broker no longer knows (seen on Tansu after a restart:
+        PRODUCER_FENCED on every record) never recovers: the next request gets a new producer."""
+        name = err.name() if hasattr(err, "name") else ""
+        if name in FENCED or (hasattr(err, "fatal") and err.fatal()):
+            log.warning("Kafka producer unusable (%s): the next request creates a new one", name)
+            self._fatal = err
+
+    async def _wait(self, acks: _Acks) -> None:
+        try:
+            # Records expire in librdkafka after message.timeout.ms; the margin covers the reports.
             await asyncio.wait_for(asyncio.shield(acks.done), self.timeout_s + 5.0)
         except TimeoutError:
             raise ProduceError(f"Kafka did not settle the records within {self.timeout_s:.0f}s") from None
-        if acks.error is not None:
-            raise ProduceError(f"Kafka produce failed: {acks.error!r}")
 
-    def _reachable(self) -> bool:
-        for server in self.settings.bootstrap_servers:
-            host, _, port = server.rpartition(":")
-            try:
-                with socket.create_connection((host, int(port)), timeout=1.0):
-                    pass
-            except OSError:
-                continue
-            self._start_creating()
-            return self._created.wait(2.0) and bool(self._producer.partitions_for(self.topic))
-        return False
+    def _topic_known(self, timeout_s: float) -> bool:
+        md = self._ensure().list_topics(self.topic, timeout=timeout_s)
+        topic = md.topics.get(self.topic)
+        return topic is not None and topic.error is None and bool(topic.partitions)
 
     async def ready(self, timeout_s: float = 3.0) -> bool:
         """Kafka reachable and the events topic known."""
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._executor, self._reachable), timeout_s)
+            return await asyncio.wait_for(loop.run_in_executor(None, self._topic_known, timeout_s - 0.5), timeout_s)
         except Exception:  # noqa: BLE001 - not ready, whatever the reason
             return False
-
-    def close(self) -> None:
-        with self._lock:
-            producer, self._producer, self._closed = self._producer, None, True
-        if producer is not None:
-            try:
-                producer.close(timeout=5)
-            except Exception:  # noqa: BLE001 - closing on shutdown
-                log.exception("closing the Kafka producer")
-        self._executor.shutdown(wait=False, cancel_futures=True)

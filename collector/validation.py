@@ -9,12 +9,15 @@ error strings and body fields are the ones Amplitude answers with and that the o
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import math
 import uuid
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from eventpipe_core.event_model import (
     DEFAULT_MIN_ID_LENGTH,
@@ -26,12 +29,15 @@ from eventpipe_core.event_model import (
     MAX_STRING_LENGTH,
     OBJECT,
     STRING,
+    event_problems,
 )
 
 # --- limits (Amplitude's) --------------------------------------------------------------------
 V2_MAX_EVENTS = 2000
 V2_MAX_BYTES = 1024 * 1024
 BATCH_MAX_BYTES = 20 * 1024 * 1024
+# `time` before 2000-01-01 is almost always seconds sent as milliseconds (it would land in 1970).
+MIN_EVENT_TIME_MS = 946_684_800_000
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # Fields the official SDKs send that the shared model does not list; kept in the envelope.
@@ -63,8 +69,8 @@ ERR_THROTTLED = "Too many requests for some devices and users"
 ERR_KEY_THROTTLED = "Too many requests for this API key"
 ERR_PLAN = "Event properties violate the tracking plan"
 ERR_UNAVAILABLE = "Service unavailable: events were not written, retry"
-
-_INSERT_ID_NS = uuid.UUID("5b1f3c2e-7f0e-4a55-9a51-3c1f2f0c9e42")
+ERR_BODY_TIMEOUT = "Request timeout: the body did not arrive in time"
+ERR_EVENT_TOO_LARGE = "Some events are larger than the broker's message limit"
 
 
 @dataclass
@@ -123,9 +129,18 @@ def _reject_constant(text: str) -> Any:
 
 
 def parse_json(body: bytes) -> Any:
-    """Strict JSON: UTF-8 only, no NaN/Infinity, no numbers that overflow to infinity."""
+    """Strict JSON: UTF-8 only, no NaN/Infinity, no numbers that overflow to infinity.
+
+    orjson first (fast; integers beyond 64 bits become floats, as in a browser); what it refuses
+    is parsed again by the standard library, whose answers define the rules — so a body with a lone
+    surrogate escape still gets the per-event 400 naming the field, not "Invalid JSON".
+    """
     if not body.strip():
         raise error(400, ERR_MISSING_BODY, "missing_body")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
     try:
         text = body.decode("utf-8")
         return json.loads(text, parse_float=_finite_float, parse_constant=_reject_constant)
@@ -163,6 +178,9 @@ def parse_upload(payload: Any, header_key: str | None = None, *, allow_bare: boo
     api_key = payload.get("api_key")
     if not isinstance(api_key, str) or not api_key:
         raise error(400, ERR_MISSING_FIELD, "missing_field", missing_field="api_key")
+    if not _string_ok(api_key):  # e.g. a lone surrogate: no key is like that (and SQLite cannot look it up)
+        shown = api_key[:100].encode("utf-8", "backslashreplace").decode("utf-8")
+        raise error(400, f"{ERR_INVALID_KEY_PREFIX}: {shown}", "invalid_api_key")
     events = payload.get("events")
     if events is None or events == []:
         raise error(400, ERR_MISSING_FIELD, "missing_field", missing_field="events")
@@ -198,6 +216,12 @@ class EventErrors:
     def __bool__(self) -> bool:
         return bool(self.missing or self.invalid or self.id_lengths)
 
+    def merge(self, other: EventErrors) -> None:
+        """Add the index lists of a later chunk (its indexes are all greater)."""
+        for mine, theirs in ((self.missing, other.missing), (self.invalid, other.invalid), (self.id_lengths, other.id_lengths)):
+            for name, indexes in theirs.items():
+                mine.setdefault(name, []).extend(indexes)
+
     def bad_indexes(self) -> set[int]:
         return {i for kind in (self.missing, self.invalid, self.id_lengths) for ids in kind.values() for i in ids}
 
@@ -229,8 +253,21 @@ def _string_ok(value: str) -> bool:
     return True
 
 
-def _nested_ok(root: Any) -> bool:
+def _nested_ok(root: dict[str, Any]) -> bool:
     """Depth ≤ 40 (the property object itself is level 1), every key and string ≤ 1024 chars."""
+    for k, v in root.items():  # fast path: a flat object of short ASCII strings and numbers
+        if len(k) > MAX_STRING_LENGTH or not k.isascii():
+            return _nested_ok_full(root)
+        t = type(v)
+        if t is str:
+            if len(v) > MAX_STRING_LENGTH or not v.isascii():
+                return _nested_ok_full(root)
+        elif t is dict or t is list:
+            return _nested_ok_full(root)
+    return True
+
+
+def _nested_ok_full(root: Any) -> bool:
     stack: list[tuple[Any, int]] = [(root, 1)]
     while stack:
         value, depth = stack.pop()
@@ -257,7 +294,7 @@ def _value_ok(name: str, kind: str, value: Any, now_ms: int, max_future_ms: int)
         if isinstance(value, bool) or not isinstance(value, int) or not INT64_MIN <= value <= INT64_MAX:
             return False
         if name == "time":
-            return 0 <= value <= now_ms + max_future_ms
+            return MIN_EVENT_TIME_MS <= value <= now_ms + max_future_ms
         return True
     if kind == FLOAT:
         return not isinstance(value, bool) and isinstance(value, int | float) and abs(value) < 1e300
@@ -266,31 +303,48 @@ def _value_ok(name: str, kind: str, value: Any, now_ms: int, max_future_ms: int)
     return False
 
 
-def generated_insert_id(project: str, event: dict[str, Any]) -> str:
-    """An insert_id for an event that came without one.
+def generated_insert_id(project: str, event: dict[str, Any], occurrence: int = 0) -> str:
+    """A deterministic insert_id for an event that came without one.
 
-    Derived from the event's content when it carries its own ``time`` — a client retrying after a
-    503 or a lost answer sends the same event again, gets the same id, and downstream
-    deduplication drops the copy. Events without ``time`` are distinguishable only by arrival,
-    so they get a random id.
+    Derived from the project and the event's content (identity, type, ``time``, properties — all of
+    it, canonically serialised) and ``occurrence``, the number of identical events before it in the
+    same request. A client re-sending a request after a 503, a lost answer or a partial write sends
+    the same events again, gets the same ids, and downstream deduplication (by insert_id, as
+    Amplitude's) drops the copies. The price: two byte-identical events without ``time`` nor
+    ``insert_id`` sent in different requests are taken for one re-sent event — SDKs always send
+    ``time``; send it (or an insert_id) to count such events separately.
     """
-    if "time" in event:
-        canonical = json.dumps(event, sort_keys=True, separators=(",", ":"))
-        return str(uuid.uuid5(_INSERT_ID_NS, f"{project}\n{canonical}"))
-    return str(uuid.uuid4())
+    try:
+        canonical = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # integers beyond 64 bits (standard-library parse): exact text either way
+        canonical = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    digest = hashlib.sha1(b"%s\n%d\n%s" % (project.encode("utf-8"), occurrence, canonical), usedforsecurity=False).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=5))
+
+
+def _insert_id_for(project: str, event: dict[str, Any], seen: dict[str, int]) -> str:
+    first = generated_insert_id(project, event)
+    occurrence = seen.get(first, 0)
+    seen[first] = occurrence + 1
+    return first if occurrence == 0 else generated_insert_id(project, event, occurrence)
 
 
 def validate_events(
     events: list[Any], *, project: str, min_id_length: int, now_ms: int, max_future_ms: int, client_ip: str | None,
+    index_offset: int = 0, seen: dict[str, int] | None = None,
 ) -> tuple[list[dict[str, Any]], EventErrors]:
     """Check every event; return the normalised events (only if none failed) and the index lists.
 
     Normalisation: unknown fields and nulls dropped, ``time`` defaults to the upload time,
-    ``ip: "$remote"`` becomes the client IP, a missing ``insert_id`` is generated.
+    ``ip: "$remote"`` becomes the client IP, a missing ``insert_id`` is generated. Then the lake's
+    own rule (:func:`eventpipe_core.event_model.event_problems`, e.g. ``insert_id: ""``) is applied,
+    so no accepted event is dead-lettered by the landing consumer. A request validated in chunks
+    passes each chunk's ``index_offset`` and one ``seen`` map (generated ids stay request-wide).
     """
     errors = EventErrors()
     out: list[dict[str, Any]] = []
-    for i, raw in enumerate(events):
+    seen = {} if seen is None else seen  # generated id of an event -> identical events so far
+    for i, raw in enumerate(events, index_offset):
         if not isinstance(raw, dict):
             errors.add(errors.invalid, "event", i)
             continue
@@ -300,7 +354,14 @@ def validate_events(
             kind = KNOWN_FIELDS.get(name)
             if kind is None or value is None:
                 continue
-            if not _value_ok(name, kind, value, now_ms, max_future_ms):
+            t = type(value)
+            if kind is STRING and t is str:  # the common cases inline (same rules as _value_ok)
+                ok = len(value) <= MAX_STRING_LENGTH and (value.isascii() or _string_ok(value))
+            elif kind is OBJECT and t is dict:
+                ok = _nested_ok(value)
+            else:
+                ok = _value_ok(name, kind, value, now_ms, max_future_ms)
+            if not ok:
                 errors.add(errors.invalid, name, i)
                 bad = True
                 continue
@@ -331,6 +392,8 @@ def validate_events(
             bad = True
         if bad or errors:
             continue
+        if "insert_id" not in event:  # from what the client sent: a re-send gets the same id
+            event["insert_id"] = _insert_id_for(project, event, seen)
         if "time" not in event:
             event["time"] = now_ms
         if event.get("ip") == "$remote":
@@ -338,7 +401,10 @@ def validate_events(
                 event["ip"] = client_ip
             else:
                 del event["ip"]
-        if "insert_id" not in event:
-            event["insert_id"] = generated_insert_id(project, raw)
+        problems = event_problems(event)  # what the landing consumer would dead-letter: refused here
+        if problems:
+            for name, _reason in problems:
+                errors.add(errors.invalid, name, i)
+            continue
         out.append(event)
     return (out if not errors else []), errors

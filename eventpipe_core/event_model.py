@@ -22,6 +22,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import pyarrow as pa
 
 ENVELOPE_VERSION = 1
@@ -103,9 +104,15 @@ RAW_EVENT_SCHEMA = pa.schema(
     ]
 )
 
-_JSON_COLUMNS = ("event_properties", "user_properties", "groups", "group_properties")
-_INT_COLUMNS = ("session_id", "event_id", "quantity")
-_FLOAT_COLUMNS = ("location_lat", "location_lng", "price", "revenue")
+JSON_COLUMNS = ("event_properties", "user_properties", "groups", "group_properties")
+INT_COLUMNS = ("session_id", "event_id", "quantity")
+FLOAT_COLUMNS = ("location_lat", "location_lng", "price", "revenue")
+_FIELD_OF = {col: name for name, col in COLUMN_NAMES.items()}
+# (event field, integer column?) of the numeric columns
+_NUMERIC_FIELDS = tuple((_FIELD_OF.get(c, c), c in INT_COLUMNS) for c in INT_COLUMNS + FLOAT_COLUMNS)
+_NUMERIC_IS_INT = dict(_NUMERIC_FIELDS)
+_NUMERIC_NAMES = frozenset(_NUMERIC_IS_INT)
+_NUMERIC_ORDER = {name: i for i, (name, _) in enumerate(_NUMERIC_FIELDS)}
 
 
 class InvalidEnvelope(ValueError):
@@ -129,7 +136,11 @@ def make_envelope(
 
 
 def encode_envelope(envelope: dict[str, Any]) -> bytes:
-    return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    """Compact UTF-8 JSON (orjson; the standard library for integers beyond 64 bits)."""
+    try:
+        return orjson.dumps(envelope)
+    except TypeError:
+        return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def _ms_to_datetime(value: Any, field: str) -> datetime:
@@ -141,13 +152,13 @@ def _ms_to_datetime(value: Any, field: str) -> datetime:
         raise InvalidEnvelope(f"{field} out of range: {value!r}") from exc
 
 
-def _opt_str(value: Any) -> str | None:
+def as_text(value: Any) -> str | None:
     if value is None:
         return None
     return value if isinstance(value, str) else str(value)
 
 
-def _opt_json(value: Any) -> str | None:
+def json_text(value: Any) -> str | None:
     if value is None:
         return None
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
@@ -161,24 +172,86 @@ def _opt_num(value: Any, kind: type, field: str) -> Any:
     return kind(value)
 
 
-def envelope_to_row(raw: bytes, partition: int, offset: int) -> dict[str, Any]:
-    """Decode one Kafka record value into a lake row (RAW_EVENT_SCHEMA column order)."""
-    try:
-        envelope = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidEnvelope(f"undecodable JSON: {exc}") from exc
+# Bounds of what a lake row can hold (Arrow int64, datetime's years 1..9999).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MIN_TIME_MS, MAX_TIME_MS = -62_135_596_800_000, 253_402_300_799_999
+
+
+def _is_number(value: Any) -> bool:
+    t = type(value)
+    if t is int:
+        return True
+    if t is float:
+        return math.isfinite(value)
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+
+
+def event_problems(event: dict[str, Any]) -> list[tuple[str, str]]:
+    """Why the lake cannot take this event, as ``(field, reason)`` pairs; empty if it can.
+
+    The one rule shared by both ends (issue 18): the landing consumer dead-letters an envelope whose
+    event has a problem (the first reason is the dead-letter reason), and the collector runs the same
+    function on every normalised event and answers 400 naming the field — so nothing the collector
+    acknowledges can be dead-lettered later. Rules: ``insert_id`` and ``event_type`` non-empty
+    strings; a truthy ``user_id`` or ``device_id``; ``time`` a finite number of epoch ms within
+    datetime's years 1..9999; numeric columns finite numbers (not booleans), integer columns within
+    int64. (The collector's own rules are stricter, e.g. ``time`` ≥ 2000-01-01; those are policy, not
+    what the lake can hold.)
+    """
+    problems: list[tuple[str, str]] = []
+    for required in ("insert_id", "event_type"):
+        value = event.get(required)
+        if type(value) is not str or not value:
+            problems.append((required, f"event.{required} missing or not a string"))
+    if not (event.get("user_id") or event.get("device_id")):
+        problems.append(("device_id", "event has neither user_id nor device_id"))
+    t = event.get("time")
+    if type(t) is not int or not MIN_TIME_MS <= t <= MAX_TIME_MS:  # fast path: an int in range
+        if not _is_number(t):
+            problems.append(("time", f"event.time is not epoch milliseconds: {t!r}"))
+        elif not MIN_TIME_MS <= int(t) <= MAX_TIME_MS:
+            problems.append(("time", f"event.time out of range: {t!r}"))
+    present = _NUMERIC_NAMES.intersection(event)  # only the numeric fields present (usually few)
+    for field in sorted(present, key=_NUMERIC_ORDER.__getitem__) if present else ():
+        value = event[field]
+        if value is None:
+            continue
+        is_int = _NUMERIC_IS_INT[field]
+        if not _is_number(value):
+            problems.append((field, f"{field} is not a number: {value!r}"))
+        elif is_int and not INT64_MIN <= int(value) <= INT64_MAX:
+            problems.append((field, f"{field} out of range: {value!r}"))
+    return problems
+
+
+def parse_envelope(envelope: Any) -> dict[str, Any]:
+    """Check a decoded envelope; return its event or raise :class:`InvalidEnvelope` (the reason)."""
     if not isinstance(envelope, dict) or not isinstance(envelope.get("event"), dict):
         raise InvalidEnvelope("not an envelope: missing object field 'event'")
     if envelope.get("v") != ENVELOPE_VERSION:
         raise InvalidEnvelope(f"unsupported envelope version {envelope.get('v')!r}")
     event = envelope["event"]
-    for required in ("insert_id", "event_type"):
-        if not isinstance(event.get(required), str) or not event[required]:
-            raise InvalidEnvelope(f"event.{required} missing or not a string")
-    if not (event.get("user_id") or event.get("device_id")):
-        raise InvalidEnvelope("event has neither user_id nor device_id")
+    problems = event_problems(event)
+    if problems:
+        raise InvalidEnvelope(problems[0][1])
     if not isinstance(envelope.get("project"), str):
         raise InvalidEnvelope("envelope.project missing")
+    received = envelope.get("received_at")
+    if not _is_number(received) or not MIN_TIME_MS <= int(received) <= MAX_TIME_MS:
+        raise InvalidEnvelope(f"envelope.received_at is not epoch milliseconds: {received!r}")
+    return event
+
+
+def envelope_to_row(raw: bytes, partition: int, offset: int) -> dict[str, Any]:
+    """Decode one Kafka record value into a lake row (RAW_EVENT_SCHEMA column order).
+
+    The per-record reference decoder: the landing consumer's bulk decoder must agree with it.
+    """
+    try:
+        envelope = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEnvelope(f"undecodable JSON: {exc}") from exc
+    event = parse_envelope(envelope)
 
     row: dict[str, Any] = {}
     for field in RAW_EVENT_SCHEMA.names:
@@ -188,21 +261,21 @@ def envelope_to_row(raw: bytes, partition: int, offset: int) -> dict[str, Any]:
         if col not in row or col == "event_time":
             continue
         value = event.get(name)
-        if col in _JSON_COLUMNS:
-            row[col] = _opt_json(value)
-        elif col in _INT_COLUMNS:
+        if col in JSON_COLUMNS:
+            row[col] = json_text(value)
+        elif col in INT_COLUMNS:
             row[col] = _opt_num(value, int, name)
-        elif col in _FLOAT_COLUMNS:
+        elif col in FLOAT_COLUMNS:
             row[col] = _opt_num(value, float, name)
         else:
-            row[col] = _opt_str(value)
+            row[col] = as_text(value)
     row["event_time"] = _ms_to_datetime(event.get("time"), "event.time")
     row["project"] = envelope["project"]
     row["received_at"] = _ms_to_datetime(envelope.get("received_at"), "envelope.received_at")
-    row["client_ip"] = _opt_str(envelope.get("client_ip"))
-    row["upload_id"] = _opt_str(envelope.get("upload_id"))
+    row["client_ip"] = as_text(envelope.get("client_ip"))
+    row["upload_id"] = as_text(envelope.get("upload_id"))
     violations = envelope.get("plan_violations") or []
-    row["plan_violations"] = _opt_json(violations) if violations else None
+    row["plan_violations"] = json_text(violations) if violations else None
     row["kafka_partition"] = partition
     row["kafka_offset"] = offset
     return row

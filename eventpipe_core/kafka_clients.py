@@ -36,12 +36,67 @@ def producer_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     return cfg | extra
 
 
+# Seen on the embedded Tansu 0.6.0 broker: see librdkafka_producer_config.
+TANSU_IDEMPOTENCE = True
+
+
+def librdkafka_producer_config(settings: Settings, *, client_id: str = "eventpipe", timeout_ms: int = 15_000,
+                               **extra: Any) -> dict[str, Any]:
+    """confluent-kafka (librdkafka) producer settings: acks=all, idempotent, lz4.
+
+    ``message.timeout.ms`` is the delivery deadline: a record is acknowledged or reported failed
+    within it, never written after it. ``message.max.bytes`` follows ``COLLECTOR_MAX_EVENT_BYTES``
+    (plus the record overhead), so an event the collector accepted is never refused by librdkafka.
+    Extra keys use librdkafka's dotted names.
+    """
+    cfg: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "client.id": client_id,
+        "acks": "all",
+        "enable.idempotence": TANSU_IDEMPOTENCE,
+        "compression.type": "lz4",
+        "linger.ms": 2,
+        "batch.num.messages": 10_000,
+        "message.timeout.ms": timeout_ms,
+        "request.timeout.ms": max(500, min(10_000, timeout_ms - 200)),
+        "message.max.bytes": settings.collector_max_event_bytes + 4096,
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 512 * 1024,
+        "reconnect.backoff.ms": 100,
+        "reconnect.backoff.max.ms": 1000,
+        "socket.keepalive.enable": True,
+        "log.connection.close": False,  # Tansu closes idle connections; librdkafka reconnects by itself
+    }
+    return cfg | extra
+
+
 def consumer_config(settings: Settings, group_id: str | None = None, **extra: Any) -> dict[str, Any]:
     """Manual commits, earliest reset: nothing accepted is ever skipped."""
     cfg = common_config(settings) | CONSUMER_GROUP_TIMEOUTS | {
         "group_id": group_id if group_id is not None else settings.kafka_consumer_group,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
+    }
+    return cfg | extra
+
+
+def librdkafka_consumer_config(settings: Settings, *, client_id: str = "eventpipe", **extra: Any) -> dict[str, Any]:
+    """confluent-kafka (librdkafka) consumer settings: no auto commit, earliest reset, the short
+    group timeouts of :data:`CONSUMER_GROUP_TIMEOUTS`, and a bounded pre-fetch queue."""
+    cfg: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "client.id": client_id,
+        "group.id": settings.kafka_consumer_group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": CONSUMER_GROUP_TIMEOUTS["session_timeout_ms"],
+        "heartbeat.interval.ms": CONSUMER_GROUP_TIMEOUTS["heartbeat_interval_ms"],
+        "max.poll.interval.ms": CONSUMER_GROUP_TIMEOUTS["max_poll_interval_ms"],
+        "queued.max.messages.kbytes": 128 * 1024,  # pre-fetched records held by librdkafka: bounded
+        "fetch.max.bytes": 32 * 1024 * 1024,
+        "reconnect.backoff.max.ms": 1000,
+        "log.connection.close": False,
     }
     return cfg | extra
 

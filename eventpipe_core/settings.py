@@ -105,6 +105,15 @@ class Settings(BaseSettings):
     collector_produce_timeout_s: float = Field(default=15.0, ge=1)  # Kafka ack deadline before answering 503
     collector_metadata_ttl_s: float = Field(default=5.0, ge=0)  # cache of API keys and tracking plans
     collector_max_future_s: int = Field(default=86_400, ge=0)  # event `time` may be at most this far ahead
+    # --- collector: edge limits and throughput (issues 17/18) ---
+    collector_batch_max_events: int = Field(default=100_000, ge=1)  # events per /batch request (413 above)
+    collector_max_event_bytes: int = Field(default=1_000_000, ge=1024)  # one encoded envelope (broker message limit)
+    collector_header_timeout_s: float = Field(default=10.0, gt=0)  # request line + headers must arrive within this
+    collector_body_timeout_s: float = Field(default=60.0, gt=0)  # the whole body must arrive within this (408)
+    collector_cors_origins: str = "*"  # comma-separated origins browsers may post from; "*" = any, "" = no CORS
+    collector_redis_prefix: str = "eventpipe:collector:"  # key prefix of the shared rate limits (REDIS_URL)
+    # Redis / Valkey (shared state: the collector's rate limits across workers; the query service's cache).
+    redis_url: str | None = None
 
     # --- ingest consumer (Kafka -> lake landing) ------------------------------------------------
     consumer_flush_records: int = Field(default=100_000, ge=1)  # per Kafka partition batch

@@ -17,8 +17,11 @@ record ``seq + 1`` starts exactly at ``end``; a record is created with a conditi
    never read; it is written after each lake commit as a hint for lag tools only.
 2. Records are buffered per partition. A record below the expected next offset was already landed
    and is skipped, so a batch always starts exactly at the last committed ``end_offset``.
-3. A batch is flushed on record count, raw bytes or age. Flushing decodes each record with
-   :func:`eventpipe_core.event_model.envelope_to_row`; invalid ones become dead letters.
+3. A batch is flushed on record count, raw bytes or age. Flushing decodes the batch in bulk
+   (:func:`ingest_consumer.writer.decode_records`: orjson per record, the shared rule
+   :func:`eventpipe_core.event_model.parse_envelope`, Arrow column by column, an Arrow filter per
+   event hour; it agrees with the per-record reference :func:`~eventpipe_core.event_model.envelope_to_row`);
+   invalid records become dead letters.
 4. Dead letters are produced to ``events.dlq`` (acks=all) and acknowledged **before** anything is
    committed.
 5. One Parquet object per event hour is written under ``raw/events/event_date=…/event_hour=…/``
@@ -68,4 +71,9 @@ stay uncommitted (re-read by the next owner). A status line (records/s, lag per 
 batches) is logged every ``CONSUMER_LOG_INTERVAL_S``; Prometheus metrics are ``eventpipe_landing_*``.
 Lag uses fetch high watermarks: Tansu 0.6.0 answers ListOffsets(latest) with the last batch's base
 offset + 1 (``bench/repro_tansu_list_offsets.py``).
+
+Kafka client: librdkafka (confluent-kafka). The group callbacks only note assigned/revoked
+partitions; the loop reads each one's lake position and then ``assign()``s exactly the positioned
+partitions at their next expected offsets (so nothing is fetched from Kafka's committed offset,
+and a seek after a lost race is a re-assign). Dead letters still go through kafka-python.
 """

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from eventpipe_core.kafka_clients import consumer_config
+from eventpipe_core.kafka_clients import librdkafka_consumer_config
 from eventpipe_core.lake_catalog import CommitRecord, LandedObject
 from eventpipe_core.lake_store import LakeStore, open_lake
 from eventpipe_core.settings import Settings
@@ -28,6 +28,7 @@ from ingest_consumer.partitioner import new_attempt_id, object_key
 from ingest_consumer.writer import BufferedRecord, decode_records, event_time_range_ms, to_parquet
 
 log = logging.getLogger(__name__)
+RDKAFKA_LOG = logging.getLogger("ingest_consumer.librdkafka")  # librdkafka's own log lines, through logging
 T = TypeVar("T")
 
 POLL_TIMEOUT_S = 0.5
@@ -95,66 +96,73 @@ class LandingConsumer:
         self.stop_event.set()
 
     def _connect(self) -> None:
-        from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
+        from confluent_kafka import Consumer
 
         s = self.settings
-        cfg = consumer_config(s, max_poll_records=s.consumer_max_poll_records, client_id=f"eventpipe-landing-{self.writer_id}")
-        self.consumer = KafkaConsumer(**cfg)
+        cfg = librdkafka_consumer_config(s, client_id=f"eventpipe-landing-{self.writer_id}")
+        self.consumer = Consumer(cfg | {"logger": RDKAFKA_LOG, "error_cb": self._on_error})
         self.dlq = DlqWriter(s, self.writer_id)
         manual = parse_partitions(s.consumer_assign_partitions)
         if manual is not None:
-            tps = [TopicPartition(self.topic, p) for p in manual]
-            self.consumer.assign(tps)
-            self._assigned(tps)
+            self.pending.update(manual)
+            self.metrics.assigned.set(len(self.pending))
             log.info("manually assigned %s partitions %s (no group coordination)", self.topic, manual)
         else:
-            outer = self
-
-            class Listener(ConsumerRebalanceListener):
-                def on_partitions_revoked(self, revoked: Any) -> None:
-                    outer._revoked(revoked)
-
-                def on_partitions_assigned(self, assigned: Any) -> None:
-                    outer._assigned(assigned)
-
-            self.consumer.subscribe([self.topic], listener=Listener())
+            self.consumer.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                    on_lost=self._on_revoke)
             log.info("joining group %s on topic %s as %s", s.kafka_consumer_group, self.topic, self.writer_id)
 
-    def _revoked(self, revoked: Any) -> None:
+    def _on_error(self, err: Any) -> None:
+        log.warning("Kafka consumer: %s", err)
+
+    def _positions(self) -> list[Any]:
+        """What this member fetches: every positioned partition from its next expected offset."""
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        return [TopicPartition(self.topic, p, OFFSET_BEGINNING if st.expected is None else st.expected)
+                for p, st in sorted(self.parts.items())]
+
+    def _reassign(self) -> None:
+        # assign() replaces the fetch set and positions; records fetched but not yet taken are
+        # dropped and fetched again from these positions, which is what we want after a seek.
+        self.consumer.assign(self._positions())
+
+    def _on_revoke(self, _consumer: Any, revoked: list[Any]) -> None:
         for tp in revoked:
             state = self.parts.pop(tp.partition, None)
             self.pending.discard(tp.partition)
             if state is not None and state.buffer:
                 self.metrics.batches_discarded.inc()
                 log.info("partition %d revoked: discarded %d buffered records (not committed)", tp.partition, len(state.buffer))
+        # librdkafka's rebalance waits for an *unassign* here (an assign of an empty list stalled the
+        # join on Tansu); the eager protocol revokes everything anyway.
+        if self.parts:
+            self._reassign()
+        else:
+            self.consumer.unassign()
         self.metrics.assigned.set(len(self.parts) + len(self.pending))
 
-    def _assigned(self, assigned: Any) -> None:
-        # Only note them here: kafka-python swallows exceptions raised in listeners, and reading the
-        # lake may fail. The loop reads each partition's lake position (with retries) and seeks.
+    def _on_assign(self, _consumer: Any, assigned: list[Any]) -> None:
+        # Only note them here (reading the lake may fail and is retried by the loop); nothing is
+        # fetched for them until the loop has read their lake position and assigned them there.
         for tp in assigned:
             if tp.partition not in self.parts:
                 self.pending.add(tp.partition)
-                self.consumer.pause(tp)
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+        self._reassign()
         self.metrics.assigned.set(len(self.parts) + len(self.pending))
 
     def _init_pending(self) -> None:
-        from kafka import TopicPartition
-
+        if not self.pending:
+            return
         for p in sorted(self.pending):
-            tp = TopicPartition(self.topic, p)
             plog = self._retry(lambda p=p: PartitionLog.load(self.lake, self.topic, p), "read_log")
             if p not in self.pending:  # revoked meanwhile
                 continue
             self.pending.discard(p)
             self.parts[p] = PartitionState(plog, plog.end_offset)
-            if plog.end_offset is None:
-                self.consumer.seek_to_beginning(tp)
-            else:
-                self.consumer.seek(tp, plog.end_offset)
-            self.consumer.resume(tp)
             log.info("partition %d resumes at lake offset %s (seq %d)", p, plog.end_offset, plog.next_seq)
+        self._reassign()
 
     # --- main loop ---------------------------------------------------------------------------
     def run(self) -> None:
@@ -185,42 +193,52 @@ class LandingConsumer:
             except Exception as exc:  # noqa: BLE001 - closing anyway
                 log.debug("closing DLQ producer: %s", exc)
         if self.consumer is not None:
-            self.consumer.close(autocommit=False)  # leaves the group
+            self.consumer.close()  # leaves the group (no offsets committed: they are only hints)
         log.info("consumer closed")
 
     def _poll_once(self) -> None:
-        from kafka.errors import KafkaError
-
         timeout = POLL_TIMEOUT_S
         ages = [s.opened_at for s in self.parts.values() if s.buffer]
         if ages:
             timeout = max(0.0, min(timeout, min(ages) + self.settings.consumer_flush_age_s - time.monotonic()))
         try:
-            batch = self.consumer.poll(timeout_ms=int(timeout * 1000))
-        except KafkaError as exc:  # broker loss: kafka-python reconnects; we back off and poll again
+            messages = self.consumer.consume(self.settings.consumer_max_poll_records, timeout)
+        except Exception as exc:  # noqa: BLE001 - librdkafka reconnects by itself; back off and poll again
             log.warning("poll failed (%s); retrying", exc)
             self.stop_event.wait(1.0)
             return
-        for tp, records in batch.items():
-            self._take(tp, records)
+        by_partition: dict[int, list[Any]] = {}
+        for m in messages:
+            if m.error() is not None:
+                log.warning("fetch error on %s [%s]: %s", m.topic(), m.partition(), m.error())
+                continue
+            by_partition.setdefault(m.partition(), []).append(m)
+        for p, records in by_partition.items():
+            self._take(p, records)
 
-    def _take(self, tp: Any, records: list[Any]) -> None:
-        state = self.parts.get(tp.partition)
+    def _take(self, p: int, records: list[Any]) -> None:
+        state = self.parts.get(p)
         if state is None:
-            return  # revoked or not yet positioned: the seek after init re-fetches
+            return  # revoked or not yet positioned: the assign after init re-fetches
         s = self.settings
+        n = 0
         for r in records:
-            if state.expected is not None and r.offset < state.expected:
+            offset = r.offset()
+            if state.expected is not None and offset < state.expected:
                 continue  # already landed (or re-delivered after a seek)
-            if state.expected is not None and r.offset > state.expected:
+            if state.expected is not None and offset > state.expected:
                 log.warning("partition %d: offsets %d..%d absent in Kafka (retention/compaction); the batch covers them",
-                            tp.partition, state.expected, r.offset - 1)
-            state.add(BufferedRecord(r.offset, r.key, r.value, r.timestamp))
-            self.metrics.records_consumed.inc()
-            self._window_records += 1
+                            p, state.expected, offset - 1)
+            state.add(BufferedRecord(offset, r.key(), r.value(), r.timestamp()[1]))
+            n += 1
             if len(state.buffer) >= s.consumer_flush_records or state.bytes >= s.consumer_flush_bytes:
+                self.metrics.records_consumed.inc(n)
+                self._window_records += n
+                n = 0
                 if not self._flush(state):
                     return  # lost to another writer: we seeked; the rest of this poll is stale
+        self.metrics.records_consumed.inc(n)
+        self._window_records += n
 
     def _flush_due(self) -> None:
         now = time.monotonic()
@@ -340,22 +358,15 @@ class LandingConsumer:
                 log.info("could not delete uncommitted %s (%s); cleanup will", obj.key, exc)
 
     def _seek(self, state: PartitionState, offset: int | None) -> None:
-        from kafka import TopicPartition
-
-        tp = TopicPartition(self.topic, state.log.kafka_partition)
         state.reset(offset)
-        if offset is None:
-            self.consumer.seek_to_beginning(tp)
-        else:
-            self.consumer.seek(tp, offset)
+        self._reassign()
 
     def _hint(self, p: int, end: int, seq: int) -> None:
         """Kafka offset commit = a hint for lag tools; correctness never reads it."""
-        from kafka import TopicPartition
-        from kafka.structs import OffsetAndMetadata
+        from confluent_kafka import TopicPartition
 
         try:
-            self.consumer.commit({TopicPartition(self.topic, p): OffsetAndMetadata(end, f"lake seq {seq}", -1)}, timeout_ms=5000)
+            self.consumer.commit(offsets=[TopicPartition(self.topic, p, end, metadata=f"lake seq {seq}")], asynchronous=True)
         except Exception as exc:  # noqa: BLE001 - e.g. rebalance in progress; the lake already has it
             log.debug("offset hint for partition %d not committed: %s", p, exc)
 
@@ -368,12 +379,15 @@ class LandingConsumer:
         self._cleanup()
 
     def _log_status(self, elapsed: float) -> None:
-        from kafka import TopicPartition
+        from confluent_kafka import TopicPartition
 
         lags: dict[int, int] = {}
         for p, state in sorted(self.parts.items()):
-            hw = self.consumer.highwater(TopicPartition(self.topic, p))
-            if hw is not None and state.expected is not None:
+            try:  # from fetch responses (cached): not ListOffsets, which Tansu answers wrong
+                _low, hw = self.consumer.get_watermark_offsets(TopicPartition(self.topic, p), cached=True)
+            except Exception:  # noqa: BLE001 - nothing fetched yet
+                continue
+            if hw is not None and hw >= 0 and state.expected is not None:
                 lags[p] = max(0, hw - state.expected)
                 self.metrics.lag.labels(str(p)).set(lags[p])
         open_batches = sum(1 for s in self.parts.values() if s.buffer)

@@ -16,6 +16,7 @@ import uvicorn
 from kafka import KafkaConsumer, TopicPartition
 
 from collector.app import create_app
+from collector.server import uvicorn_options
 from embedded.broker import free_port
 from eventpipe_core.kafka_clients import consumer_config
 from eventpipe_core.metadata import MetadataStore
@@ -46,10 +47,10 @@ def collector_settings(settings: Settings, **overrides: Any) -> Settings:
 class ServerThread:
     """uvicorn serving an ASGI app on a free port in a background thread (real HTTP sockets)."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1") -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", settings: Settings | None = None) -> None:
         self.host, self.port = host, free_port(host)
-        config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", proxy_headers=False,
-                                access_log=False, lifespan="on")
+        options = uvicorn_options(settings or app.state.collector.settings)
+        config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="on", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

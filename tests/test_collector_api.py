@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import time
 import uuid
 
@@ -56,17 +57,24 @@ def test_v2_upload_is_in_kafka_with_server_fields(api, collector_store: Metadata
 
 
 def test_generated_insert_id_is_stable_for_a_retried_event(api, collector_store: MetadataStore, settings: Settings) -> None:
+    """Events without insert_id get one derived from their content: a re-sent request (after a 503 or
+    a partial write) gets the same ids, so downstream dedup drops the copies; identical events inside
+    one request stay distinct; any change of content gives another id."""
     project, key = new_project(collector_store)
     same = event(7)
     no_time = event(8, time=None)
     for _ in range(2):
-        r = httpx.post(f"{api.url}/2/httpapi", json={"api_key": key, "events": [same, no_time]}, timeout=30)
+        r = httpx.post(f"{api.url}/2/httpapi", json={"api_key": key, "events": [same, no_time, no_time]}, timeout=30)
         assert r.status_code == 200, r.text
-    found = read_envelopes(settings, lambda e: e["project"] == project, 4)
-    ids_timed = {env["event"]["insert_id"] for _, env in found if env["event"]["user_id"] == "user-00007"}
-    ids_untimed = {env["event"]["insert_id"] for _, env in found if env["event"]["user_id"] == "user-00008"}
-    assert len(ids_timed) == 1  # same event sent twice -> same id -> deduplicated downstream
-    assert len(ids_untimed) == 2  # no client time: nothing proves it is the same event
+    other = event(7, event_properties={"i": 8})
+    r = httpx.post(f"{api.url}/2/httpapi", json={"api_key": key, "events": [other]}, timeout=30)
+    assert r.status_code == 200, r.text
+    found = read_envelopes(settings, lambda e: e["project"] == project, 7)
+    assert len(found) == 7
+    ids_timed = [env["event"]["insert_id"] for _, env in found if env["event"]["user_id"] == "user-00007"]
+    ids_untimed = [env["event"]["insert_id"] for _, env in found if env["event"]["user_id"] == "user-00008"]
+    assert len(ids_timed) == 3 and len(set(ids_timed)) == 2  # the re-send repeats its id; other content, other id
+    assert len(ids_untimed) == 4 and len(set(ids_untimed)) == 2  # two identical events per request, re-sent once
     untimed = [env for _, env in found if env["event"]["user_id"] == "user-00008"]
     assert all(env["event"]["time"] == env["received_at"] for env in untimed)
 
@@ -127,7 +135,7 @@ def test_unknown_and_revoked_keys(api, collector_store: MetadataStore) -> None:
 
 
 def test_health_ready_and_metrics(api, collector_store: MetadataStore) -> None:
-    assert httpx.get(f"{api.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{api.url}/healthz").json() == {"status": "ok", "worker": os.getpid()}  # served in this process
     r = httpx.get(f"{api.url}/readyz", timeout=10)
     assert r.status_code == 200 and r.json()["kafka"] == "reachable"
     _, key = new_project(collector_store)

@@ -18,7 +18,15 @@ from hypothesis import strategies as st
 
 from collector.app import create_app
 from collector.validation import KNOWN_FIELDS, validate_events
-from eventpipe_core.event_model import INVALID_IDS
+from eventpipe_core.event_model import (
+    INVALID_IDS,
+    InvalidEnvelope,
+    encode_envelope,
+    envelope_to_row,
+    event_problems,
+    make_envelope,
+    rows_to_table,
+)
 from eventpipe_core.metadata import MetadataStore
 from eventpipe_core.settings import Settings
 from tests.collector_support import ServerThread, collector_settings, collector_store, new_project
@@ -196,9 +204,20 @@ def _cases() -> Iterator[Case]:
     for name, value in wrong:
         yield Case(f"wrong-type-{name}-{value!r}"[:80], with_event(ev(**{name: value})), 400, invalid(name))
     now = int(time.time() * 1000)
-    for name, value in [("negative", -1), ("far-future", now + 3 * 86_400_000), ("year-5138", 10**14)]:
+    for name, value in [("negative", -1), ("far-future", now + 3 * 86_400_000), ("year-5138", 10**14),
+                        ("seconds-not-ms", now // 1000), ("zero", 0), ("1999-12-31", 946_684_799_999)]:
         yield Case(f"time-{name}", with_event(ev(time=value)), 400, invalid("time"))
+    # --- what the landing consumer would dead-letter is refused here (event_model.event_problems) --
+    yield Case("empty-insert-id", with_event(ev(insert_id="")), 400, invalid("insert_id"))
+    yield Case("empty-insert-id-batch", with_event(ev(insert_id="")), 400, invalid("insert_id"), path="/batch")
+    yield Case("empty-insert-id-track", ev(insert_id=""), 400, invalid("insert_id", 0), path="/track",
+               headers=JSON | {"X-API-Key": KEY})
     # --- oversized strings, deep nesting, lone surrogates ------------------------------------
+    yield Case("lone-surrogate-api-key", b'{"api_key": "k\\ud800", "events": [{"user_id": "user-12345", "event_type": "e"}]}',
+               400, {"code": 400, "error": "Invalid API key: k\\ud800"})
+    yield Case("lone-surrogate-api-key-batch", b'{"api_key": "\\udfff", "events": [{"user_id": "user-12345", '
+               b'"event_type": "e"}]}',
+               400, {"code": 400, "error": "Invalid API key: \\udfff"}, path="/batch")
     yield Case("long-platform", with_event(ev(platform="p" * 1025)), 400, invalid("platform"))
     yield Case("long-user-id", with_event(ev(user_id="u" * 1025)), 400, invalid("user_id"))
     yield Case("long-property-value", with_event(ev(event_properties={"k": "v" * 1025})), 400, invalid("event_properties"))
@@ -264,7 +283,7 @@ def test_boundaries_are_accepted(api: tuple[ServerThread, str, str]) -> None:
     server, key, _ = api
     events = [
         ev(event_properties=nested(40)), ev(platform="p" * 1024), ev(user_id="u" * 1024),
-        {"event_type": "e", "user_id": "abc"}, ev(time=0), ev(session_id=-1), ev(price=-1.5, quantity=2),
+        {"event_type": "e", "user_id": "abc"}, ev(time=946_684_800_000), ev(session_id=-1), ev(price=-1.5, quantity=2),
         ev(event_type="ünïcødé ✓", event_properties={"emoji": "😀"}),
     ]
     r = httpx.post(f"{server.url}/2/httpapi", json={"api_key": key, "events": events, "options": {"min_id_length": 3}})
@@ -334,6 +353,27 @@ def test_fuzz_validation_never_raises(events: list[Any], min_id_length: int) -> 
     assert not (out and errors)  # all or nothing
     if not errors:
         assert len(out) == len(events)
-    for event in out:  # every accepted event is a complete, encodable event
+    for i, event in enumerate(out):  # every accepted event is a complete, encodable event...
         assert event["insert_id"] and isinstance(event["time"], int) and event["event_type"]
         json.dumps(event, allow_nan=False).encode("utf-8")
+        # ...that the landing consumer turns into a lake row: nothing accepted is dead-lettered later
+        raw = encode_envelope(make_envelope(event, project="p", received_at_ms=1_700_000_000_000, client_ip=None,
+                                            upload_id="u"))
+        rows_to_table([envelope_to_row(raw, 0, i)])
+
+
+@pytest.mark.parametrize("field_name, value", [
+    ("insert_id", ""), ("insert_id", 5), ("event_type", ""), ("time", -(10**17)), ("time", "1"), ("session_id", 2**63),
+    ("quantity", "2"), ("price", True), ("location_lat", float("inf")),
+])
+def test_one_rule_what_the_consumer_dead_letters_the_collector_refuses(field_name: str, value: Any) -> None:
+    """event_model.event_problems is the consumer's dead-letter rule; the collector refuses the same
+    events (400 naming the field) — checked here on both sides for each kind of problem."""
+    event = {"insert_id": "i-1", "event_type": "e", "user_id": "user-12345", "time": 1_767_225_600_000, field_name: value}
+    assert [f for f, _ in event_problems(event)] == [field_name]
+    raw = json.dumps(make_envelope(event, project="p", received_at_ms=1_767_225_600_000, client_ip=None, upload_id="u"))
+    with pytest.raises(InvalidEnvelope):
+        envelope_to_row(raw.encode(), 0, 0)
+    out, errors = validate_events([event], project="p", min_id_length=5, now_ms=1_767_225_600_000,
+                                  max_future_ms=86_400_000, client_ip=None)
+    assert not out and (errors.invalid | errors.missing) == {field_name: [0]}  # Amplitude: "" event_type is missing

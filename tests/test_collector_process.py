@@ -43,6 +43,12 @@ def test_collector_component_serves_and_stops_cleanly(
         for i in range(4):  # spread over both workers
             r = httpx.post(f"{base}/2/httpapi", json={"api_key": key, "events": [event(i, event_type="proc")]}, timeout=30)
             assert r.status_code == 200, r.text
+        workers = set()  # COLLECTOR_WORKERS=2 really serves from two processes
+        for _ in range(300):
+            workers.add(httpx.get(f"{base}/healthz", timeout=10).json()["worker"])
+            if len(workers) == 2:
+                break
+        assert len(workers) == 2 and component.stop.__self__.proc.pid not in workers  # type: ignore[attr-defined]
         found = read_envelopes(settings, lambda e: e["project"] == "proc", 4)
         assert sorted(env["event"]["user_id"] for _, env in found) == [f"user-{i:05d}" for i in range(4)]
     finally:

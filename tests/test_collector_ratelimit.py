@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
 
@@ -117,7 +119,7 @@ def test_refill_lets_a_throttled_device_send_again(limited, collector_store: Met
 def test_api_key_request_rate(settings: Settings, collector_store: MetadataStore) -> None:
     _, key = new_project(collector_store, "rl")
     _, other = new_project(collector_store, "rl")
-    cfg = collector_settings(settings, collector_key_rps=1, collector_eps_window_s=3)  # 3 requests per key
+    cfg = collector_settings(settings, collector_key_rps=0.1, collector_eps_window_s=30)  # 3 requests per key, slow refill
     with serve(cfg, collector_store) as server:
         ok = [_post(server.url, key, [{"event_type": "e", "device_id": f"device-{i}"}]).status_code for i in range(3)]
         assert ok == [200, 200, 200]
@@ -130,3 +132,71 @@ def test_api_key_request_rate(settings: Settings, collector_store: MetadataStore
         metrics = httpx.get(f"{server.url}/metrics").text
     assert 'eventpipe_collector_events_throttled_total{endpoint="httpapi",limit="api_key"} 2.0' in metrics
     assert 'eventpipe_collector_requests_total{endpoint="httpapi",status="429"} 1.0' in metrics
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def redis_prefix() -> Iterator[str]:
+    """A unique key prefix in the shared Redis; its keys are deleted afterwards."""
+    import uuid
+
+    import redis
+
+    prefix = f"test-collector-{uuid.uuid4().hex[:10]}:"
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        pytest.fail("Redis at 127.0.0.1:6379 is not running (the test machines start it; .ci/run too)")
+    yield prefix
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+    client.close()
+
+
+def test_redis_buckets_match_the_local_ones(redis_prefix: str) -> None:
+    """Same answers as TokenBuckets for the same demands (all-or-nothing, the rate of the keys over)."""
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from collector.ratelimit import RedisTokenBuckets
+
+    async def run() -> list[dict]:
+        client = aioredis.from_url(REDIS_URL)
+        shared = RedisTokenBuckets(client, "t", rate=1, window_s=100, prefix=redis_prefix)  # 100 tokens, slow refill
+        local = TokenBuckets(rate=1, window_s=100)
+        answers = []
+        for demand in ({"a": 60}, {"a": 30, "b": 50}, {"a": 50, "b": 10}, {"b": 100}, {"b": 1}):
+            answers.append((await shared.acquire(demand), local.acquire(demand)))
+        await shared.refund({"a": 50})
+        local.refund({"a": 50})
+        answers.append((await shared.acquire({"a": 55}), local.acquire({"a": 55})))
+        await client.aclose()
+        return answers
+
+    answers = asyncio.run(run())
+    assert [s for s, _ in answers] == [loc for _, loc in answers]
+    assert answers[2][0] == {"a": 2} and answers[3][0] == {"b": 2} and answers[4][0] == {}
+
+
+def test_limits_are_shared_across_workers_through_redis(
+    settings: Settings, collector_store: MetadataStore, redis_prefix: str,
+) -> None:
+    """Two collector apps (as two workers) with REDIS_URL: a device's budget is spent once overall."""
+    _, key = new_project(collector_store, "rl")
+    cfg = collector_settings(settings, collector_v2_eps=1, collector_eps_window_s=10, redis_url=REDIS_URL,
+                             collector_redis_prefix=redis_prefix)  # 10 events per device
+    events = [{"event_type": "e", "device_id": "dev-shared"}] * 6
+    with serve(cfg, collector_store) as a, serve(cfg, collector_store) as b:
+        assert _post(a.url, key, events).status_code == 200
+        r = _post(b.url, key, events)
+        assert r.status_code == 429 and r.json()["throttled_devices"] == {"dev-shared": 2}
+        assert _post(b.url, key, events[:4]).status_code == 200
+    # without Redis each worker has its own budget (documented)
+    local = collector_settings(settings, collector_v2_eps=1, collector_eps_window_s=10)
+    with serve(local, collector_store) as a, serve(local, collector_store) as b:
+        assert _post(a.url, key, events).status_code == 200
+        assert _post(b.url, key, events).status_code == 200

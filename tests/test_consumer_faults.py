@@ -69,7 +69,8 @@ def test_sigkill_at_random_moments_lands_exactly_once(settings: Settings, servic
     env = consumer_env(service_env, topic, dlq, lake.url, consumer_flush_records=3000)
     log = tmp_path / "consumer.log"
     rng = random.Random(20260101)
-    producing = Producing(settings, topic, 200_000, poison_every=997)
+    # Paced (~160 s) so the stream outlives the 11 incarnations: each must be killed mid-landing.
+    producing = Producing(settings, topic, 200_000, poison_every=997, pace_s=0.8)
     producing.start()
     kills = 0
     progress: list[int] = []
@@ -112,33 +113,49 @@ def test_sigkill_at_random_moments_lands_exactly_once(settings: Settings, servic
 def test_two_writers_on_the_same_partitions_land_exactly_once(
     settings: Settings, service_env: dict[str, str], tmp_path: Path
 ) -> None:
-    """Both processes are assigned all partitions (no group coordination): every seq is raced."""
+    """Both processes are assigned all partitions (no group coordination): every seq is raced.
+
+    Both start behind a barrier (positioned on every partition before anything is produced), with
+    small flush thresholds; rounds of records are produced until each writer has won some batches
+    and lost some races (one writer can win a whole round by chance), then exactly-once is checked
+    over everything."""
     topic, dlq = create_topics(settings)
     lake = LocalLakeStore(tmp_path / "lake")
     env = consumer_env(service_env, topic, dlq, lake.url, consumer_assign_partitions="0,1,2,3",
-                       consumer_flush_records=700, consumer_flush_age_s=0.3)
+                       consumer_flush_records=400, consumer_flush_age_s=0.2)
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
-    producing = Producing(settings, topic, 40_000, poison_every=500, pace_s=0.05)
-    producing.start()
     procs = [start_consumer(env, logs[0]), start_consumer(env, logs[1])]
+    good: set[Coord] = set()
+    bad: set[Coord] = set()
+    by_pid = {str(p.pid) for p in procs}
+    winners: set[str] = set()
+    conflicts = rounds = 0
     try:
-        good, bad = producing.result()
-        wait_landed(lake, end_offsets(good | bad), timeout=180, procs=procs)
+        deadline = time.monotonic() + 90
+        while not all(log_text(x).count("resumes at lake offset") >= 4 for x in logs):  # the barrier
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), \
+                log_text(logs[0])[-2000:] + log_text(logs[1])[-2000:]
+            time.sleep(0.1)
+        while rounds < 15 and not (winners == by_pid and conflicts > 0):
+            g, b = produce(settings, topic, 5000, poison_every=500, start=rounds * 5000)
+            good, bad = good | g, bad | b
+            wait_landed(lake, end_offsets(good | bad), timeout=120, procs=procs)
+            winners = {w.split("-")[-2] for w in _writers(list(iter_commit_records(lake)))}
+            conflicts = sum(log_text(x).count("was committed by another writer") for x in logs)
+            rounds += 1
     finally:
         codes = [stop(p) for p in procs]
     assert codes == [0, 0], log_text(logs[0])[-2000:] + log_text(logs[1])[-2000:]
-    records = assert_exactly_once(lake, topic, good, bad)
-    by_pid = {str(p.pid) for p in procs}
-    winners = {w.split("-")[-2] for w in _writers(records)}
-    assert winners == by_pid, "both writers won some batches of the same partitions"
-    conflicts = sum(log_text(x).count("was committed by another writer") for x in logs)
+    assert winners == by_pid, f"after {rounds} rounds only {winners} of {by_pid} won batches"
     assert conflicts > 0, "the writers must have raced for the same seq"
+    records = assert_exactly_once(lake, topic, good, bad)
     counts, _ = dlq_coordinates(settings, dlq)
     assert set(counts) == bad  # dead letters at least once; commit records have them exactly once
     assert landed_keys(lake) >= committed_keys(records)
     delete_orphans(lake, grace_s=0)
     assert landed_keys(lake) == committed_keys(records)
-    print(f"\n{len(records)} batches, {conflicts} lost races, DLQ duplicates {sum(counts.values()) - len(counts)}")
+    dups = sum(counts.values()) - len(counts)
+    print(f"\n{rounds} rounds, {len(records)} batches, {conflicts} lost races, DLQ duplicates {dups}")
 
 
 def test_a_member_joining_and_leaving_mid_stream_lands_exactly_once(
