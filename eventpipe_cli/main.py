@@ -86,6 +86,7 @@ def _register_subcommands() -> None:
         "orchestration.cli",
         "orchestration.dbt.cli",
         "eventpipe_cli.demo",
+        "eventpipe_cli.export",
     ):
         try:
             module = importlib.import_module(module_name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -115,6 +116,10 @@ class Settings(BaseSettings):
     marts_freshness_fail_hours: int = Field(default=26, ge=1)  # daily marts SLA
     marts_freshness_warn_hours: int = Field(default=25, ge=1)
     backfill_max_partitions_per_run: int = Field(default=24, ge=1)  # hours per backfill run
+
+    # --- issue 16: anomaly detection, alerts, cohorts, export ------------------------------------
+    anomaly_model: Literal["prophet", "robust"] = "prophet"  # forecast band model (robust = seasonal median/MAD)
+    export_max_hours: int = Field(default=24 * 31, ge=1)  # widest /api/2/export range (Amplitude: 365 days)
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
