@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     marts_freshness_warn_hours: int = Field(default=25, ge=1)
     backfill_max_partitions_per_run: int = Field(default=24, ge=1)  # hours per backfill run
 
+    # --- query service (query_service/: the Amplitude-compatible analytics API) --------------------
+    query_api_host: str = "127.0.0.1"
+    query_api_port: int = Field(default=8090, ge=1, le=65535)
+    query_max_execution_s: float = Field(default=60.0, gt=0)  # per ClickHouse query of the API
+    query_auth_cache_s: float = Field(default=5.0, ge=0)  # how long a verified api_key:secret_key stays trusted
+
     # --- issue 16: anomaly detection, alerts, cohorts, export ------------------------------------
     anomaly_model: Literal["prophet", "robust"] = "prophet"  # forecast band model (robust = seasonal median/MAD)
     export_max_hours: int = Field(default=24 * 31, ge=1)  # widest /api/2/export range (Amplitude: 365 days)
