@@ -25,17 +25,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import uvicorn
-from starlette.applications import Starlette
-from starlette.requests import Request
 
 from embedded.broker import free_port
 from eventpipe_core.event_model import RAW_EVENT_SCHEMA
 from eventpipe_core.export import ExportRangeError, parse_range
 from eventpipe_core.lake_store import LocalLakeStore, open_lake
+from eventpipe_core.metadata import get_metadata_store
+from eventpipe_core.metadata.secrets import create_key_with_secret
 from eventpipe_core.settings import load_settings
 from orchestration.enrichment.rules import enrich_hour, to_parquet_bytes
 from orchestration.lake.io import write_enriched
-from query_service.export_api import export_routes
+from query_service.app import create_app
 from tests.conftest import AWS_TEST_KEYS
 from tests.orchestration_support import raw_row
 
@@ -80,14 +80,12 @@ def expected_ids(project: str, hours: list[datetime]) -> dict[datetime, set[str]
 
 
 @pytest.fixture(scope="module")
-def client(lake_dir: Path) -> Iterator[httpx.Client]:
-    """The export routes in a real uvicorn server on a free port (streaming over real HTTP)."""
+def app_url(lake_dir: Path) -> Iterator[tuple[str, dict[str, tuple[str, str]]]]:
+    """The query service app (its Basic auth, this route) in a real uvicorn server; credentials per project."""
     settings = load_settings(eventpipe_home=lake_dir.parent, lake_url=lake_dir.as_uri(), export_max_hours=48)
-
-    def project_of(request: Request) -> str | None:  # the query service's auth sets this; here: a header
-        return request.headers.get("x-project")
-
-    app = Starlette(routes=export_routes(settings, LocalLakeStore(lake_dir), project_of))
+    store = get_metadata_store(settings)
+    creds = {p: create_key_with_secret(store, p) for p in ("shop", "other", "nobody")}
+    app = create_app(settings, store=store)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -95,10 +93,26 @@ def client(lake_dir: Path) -> Iterator[httpx.Client]:
     deadline = time.monotonic() + 20
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
-        yield c
+    yield f"http://127.0.0.1:{port}", creds
     server.should_exit = True
     thread.join(timeout=10)
+    store.dispose()
+
+
+class Client:
+    def __init__(self, url: str, creds: dict[str, tuple[str, str]]):
+        self.http = httpx.Client(base_url=url, timeout=30)
+        self.creds = creds
+
+    def get(self, path: str, params: dict, project: str | None = None) -> httpx.Response:
+        return self.http.get(path, params=params, auth=self.creds[project] if project else None)
+
+
+@pytest.fixture(scope="module")
+def client(app_url: tuple[str, dict[str, tuple[str, str]]]) -> Iterator[Client]:
+    c = Client(*app_url)
+    yield c
+    c.http.close()
 
 
 def read_zip(body: bytes) -> dict[str, list[dict]]:
@@ -106,8 +120,8 @@ def read_zip(body: bytes) -> dict[str, list[dict]]:
         return {name: [json.loads(line) for line in gzip.decompress(zf.read(name)).splitlines()] for name in zf.namelist()}
 
 
-def test_export_zip_has_one_gzipped_jsonl_per_hour_one_row_per_insert_id(client: httpx.Client) -> None:
-    r = client.get("/api/2/export", params={"start": "20260302T22", "end": "20260303T0"}, headers={"x-project": "shop"})
+def test_export_zip_has_one_gzipped_jsonl_per_hour_one_row_per_insert_id(client: Client) -> None:
+    r = client.get("/api/2/export", params={"start": "20260302T22", "end": "20260303T0"}, project="shop")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/zip"
     files = read_zip(r.content)
@@ -128,8 +142,8 @@ def test_export_zip_has_one_gzipped_jsonl_per_hour_one_row_per_insert_id(client:
         assert first["actor_id"] == first["user_id"] and first["session_id"] > 0 and first["ua_browser"] == "Chrome"
 
 
-def test_export_end_hour_is_included_and_other_projects_are_not_visible(client: httpx.Client) -> None:
-    r = client.get("/api/2/export", params={"start": "20260302T23", "end": "20260302T23"}, headers={"x-project": "other"})
+def test_export_end_hour_is_included_and_other_projects_are_not_visible(client: Client) -> None:
+    r = client.get("/api/2/export", params={"start": "20260302T23", "end": "20260302T23"}, project="other")
     assert r.status_code == 200
     files = read_zip(r.content)
     assert list(files) == ["other/other_2026-03-02_23#0.json.gz"]
@@ -148,16 +162,16 @@ def test_export_end_hour_is_included_and_other_projects_are_not_visible(client: 
         ({"start": "20260101T0", "end": "20260110T0"}, "end"),  # wider than EXPORT_MAX_HOURS=48
     ],
 )
-def test_malformed_range_is_400_naming_the_parameter(client: httpx.Client, params: dict, param: str) -> None:
-    r = client.get("/api/2/export", params=params, headers={"x-project": "shop"})
+def test_malformed_range_is_400_naming_the_parameter(client: Client, params: dict, param: str) -> None:
+    r = client.get("/api/2/export", params=params, project="shop")
     assert r.status_code == 400
     assert r.json()["parameter"] == param and param in r.json()["error"]
 
 
-def test_nothing_in_range_is_404_and_no_project_is_401(client: httpx.Client) -> None:
-    r = client.get("/api/2/export", params={"start": "20260301T0", "end": "20260301T5"}, headers={"x-project": "shop"})
+def test_nothing_in_range_is_404_and_no_credentials_is_401(client: Client) -> None:
+    r = client.get("/api/2/export", params={"start": "20260301T0", "end": "20260301T5"}, project="shop")
     assert r.status_code == 404
-    r = client.get("/api/2/export", params={"start": "20260302T22", "end": "20260302T22"}, headers={"x-project": "nobody"})
+    r = client.get("/api/2/export", params={"start": "20260302T22", "end": "20260302T22"}, project="nobody")
     assert r.status_code == 404
     assert client.get("/api/2/export", params={"start": "20260302T22", "end": "20260302T22"}).status_code == 401
 
