@@ -118,7 +118,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
         from query_service.compile import segmentation as seg
 
         q = P.parse_segmentation(request.query_params, scope)
-        return JSON({"data": seg.shape(q, await run(seg.compile_segmentation(q)))})
+        data = seg.shape(q, await run(seg.compile_segmentation(q)))
+        if P.parse_bool(request.query_params, "forecast"):  # issue 16: anomaly band (query_service/forecast_api.py)
+            from query_service.forecast_api import add_forecast
+
+            model = request.query_params.get("forecast_model") or settings.anomaly_model
+            data = await add_forecast(q, data, run, model)
+        return JSON({"data": data})
 
     async def funnels(request: Request, scope: P.Scope) -> Response:
         from query_service.compile import funnel
