@@ -88,6 +88,7 @@ def _register_subcommands() -> None:
         "query_service.cli",
         "eventpipe_cli.demo",
         "eventpipe_cli.export",
+        "eventpipe_cli.cohorts",
     ):
         try:
             module = importlib.import_module(module_name)

@@ -242,3 +242,51 @@ def test_dagster_asset_writes_the_same_snapshot(env: dict[str, Any]) -> None:
     for name, definition in DEFINITIONS.items():
         _, members = read_members(env["client"], "analytics", env["ids"][name], day)
         assert set(members) == reference_members(definition, day), name
+
+
+def test_cohort_api_create_csv_members_export_and_errors(env: dict[str, Any]) -> None:
+    http, auth = env["http"], env["auth"]
+    r = http.post("/api/cohorts", params={"name": "vip_csv"}, content="user_id\nuser-003\nuser-004\n\n",
+                  headers={"content-type": "text/csv"}, auth=auth)
+    assert r.status_code == 201, r.text
+    cid = r.json()["id"]
+    assert r.json()["kind"] == "static"
+    r = http.post("/api/cohorts", json={"name": "bad", "definition": {"conditions": [{"type": "lucky"}]}}, auth=auth)
+    assert r.status_code == 400 and r.json()["parameter"] == "conditions[0].type"
+    r = http.post("/api/cohorts", json={"name": "paid2", "definition": DEFINITIONS["paid_users_in_EU"]}, auth=auth)
+    assert r.status_code == 201
+    names = {c["name"] for c in http.get("/api/cohorts", auth=auth).json()["cohorts"]}
+    assert {"vip_csv", "paid2", "paid_users_in_EU", "static"} <= names and "bad" not in names
+    materialize_all(env["client"], "analytics", env["store"], AS_OF, only={cid, r.json()["id"]})
+    got = http.get(f"/api/cohorts/{cid}/members", auth=auth).json()
+    assert got["members"] == ["user-003", "user-004"] and got["as_of"] == AS_OF.isoformat()
+    got = http.get(f"/api/cohorts/{r.json()['id']}/members", params={"format": "csv"}, auth=auth)
+    assert got.headers["content-type"].startswith("text/csv")
+    assert set(got.text.splitlines()[1:]) == reference_members(DEFINITIONS["paid_users_in_EU"], AS_OF)
+    assert http.get("/api/cohorts/nope/members", auth=auth).status_code == 404
+    assert http.get(f"/api/cohorts/{cid}/members", params={"format": "xml"}, auth=auth).status_code == 400
+    assert http.get("/api/cohorts").status_code == 401
+
+
+def test_cli_create_materialize_and_export_members(env: dict[str, Any], chserver: ChServer, tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    run_env = os.environ | {"EVENTPIPE_HOME": str(env["settings"].eventpipe_home), "CLICKHOUSE_URL": chserver.clickhouse_url,
+                            "METADATA_DB_URL": str(env["settings"].metadata_db_url)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "eventpipe_cli.main", "cohorts", *args], env=run_env,
+                              capture_output=True, text=True, timeout=120)
+
+    (tmp_path / "d.json").write_text(json.dumps(DEFINITIONS["error_free"]))
+    r = cli("create", "--project", PROJECT, "--name", "cli_error_free", "--definition", str(tmp_path / "d.json"))
+    assert r.returncode == 0, r.stderr
+    cid = r.stdout.strip().splitlines()[-1]
+    r = cli("materialize", "--day", AS_OF.isoformat())
+    assert r.returncode == 0 and cid in r.stdout, r.stderr
+    r = cli("members", cid, "--project", PROJECT, "--format", "json")
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout)["members"]) == reference_members(DEFINITIONS["error_free"], AS_OF)
+    assert cli("members", cid, "--project", "someone-else").returncode == 2
