@@ -111,3 +111,32 @@ def test_snooze_change_and_below_rules_and_retries(receiver: tuple[Receiver, str
     assert [r[1]["id"] for r in rec.received] == ["x1"]
     with pytest.raises(ValueError):
         Rule("bad", "sideways")
+
+
+def test_persisted_alert_survives_processes_and_redelivers_only_undelivered(receiver: tuple[Receiver, str],
+                                                                            tmp_path: object) -> None:
+    from eventpipe_core.metadata import MetadataStore
+    from eventpipe_core.metadata.alerts import alert_history, create_alert, run_alert
+
+    rec, url = receiver
+    db = f"sqlite:///{tmp_path}/meta.db"
+    store = MetadataStore(db)
+    store.ensure_schema()
+    store.create_project("alerts-shop")
+    aid, secret = create_alert(store, "alerts-shop", "error rate > 5%", series={"chart": "c1", "series": 0},
+                               condition="above", threshold=0.05, interval=H, webhook_url=url)
+    series = error_rate([1, 8], [100, 100])
+    rec.fail_next = 99  # the receiver is down: the transition is recorded, not delivered
+    assert [e["type"] for e in run_alert(store, aid, series, T0 + 2 * H, attempts=2, backoff_s=0.01)] == ["firing"]
+    assert rec.received == [] and alert_history(store, aid)[0]["delivered"] is False
+    store.dispose()
+    rec.fail_next = 0
+    store = MetadataStore(db)  # a new sensor tick (fresh process state): nothing re-fires, the pending one is delivered
+    assert run_alert(store, aid, series, T0 + 2 * H, backoff_s=0.01) == []
+    assert [r[1]["type"] for r in rec.received] == ["firing"]
+    want = "sha256=" + hmac.new(secret.encode(), rec.received[0][1]["_raw"].encode(), hashlib.sha256).hexdigest()
+    assert rec.received[0][0]["X-Eventpipe-Signature"] == want
+    assert run_alert(store, aid, series, T0 + 2 * H, backoff_s=0.01) == [] and len(rec.received) == 1
+    assert [e["type"] for e in run_alert(store, aid, error_rate([1, 8, 2], [100] * 3), T0 + 3 * H)] == ["resolved"]
+    assert [(e["type"], e["delivered"]) for e in alert_history(store, aid)] == [("firing", True), ("resolved", True)]
+    store.dispose()
