@@ -27,9 +27,9 @@ def build_lake(root: Path, hours: int, rows: int) -> None:
     import numpy as np
     import pyarrow as pa
 
+    from enrichment.lake_io import write_enriched
+    from enrichment.rules import ENRICHED_SCHEMA, to_parquet_bytes
     from eventpipe_core.lake_store import LocalLakeStore
-    from orchestration.enrichment.rules import ENRICHED_SCHEMA, to_parquet_bytes
-    from orchestration.lake.io import write_enriched
 
     lake = LocalLakeStore(root)
     rng = np.random.default_rng(0)

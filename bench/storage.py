@@ -3,7 +3,7 @@
     raw JSON       the Amplitude HTTP V2 event JSON a client sends (compact, one event)
     Kafka record   the collector's envelope (event + server fields), uncompressed
     raw lake       landed Parquet (ingest_consumer.writer.to_parquet: zstd), one object per event hour
-    enriched lake  enriched Parquet (orchestration.enrichment.rules.to_parquet_bytes), one object per hour
+    enriched lake  enriched Parquet (enrichment.rules.to_parquet_bytes), one object per hour
     ClickHouse     analytics.events (the real DDL) in chDB after OPTIMIZE FINAL: bytes on disk of active parts
 
     .venv/bin/python bench/storage.py --users 2000 --days 3
@@ -30,10 +30,10 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from demo.generator import DemoConfig, generate
+    from enrichment.rules import enrich_hour, to_parquet_bytes
     from eventpipe_core.event_model import encode_envelope, envelope_to_row, make_envelope, rows_to_table
     from ingest_consumer.writer import to_parquet
     from orchestration.clickhouse.schema import SchemaPlan
-    from orchestration.enrichment.rules import enrich_hour, to_parquet_bytes
 
     t0 = time.perf_counter()
     data = generate(DemoConfig(users=args.users, days=args.days, seed=7, last_day=date(2026, 1, 31)))

@@ -55,13 +55,16 @@ def prepare_home(settings: Settings, reset: bool, console: Console) -> None:
 def demo_environment(settings: Settings, config: DemoConfig) -> dict[str, str]:
     """Settings of the demo's stack: partitions start at the first generated day (a small asset graph)
     and shorter landing/sensor intervals, so the demo finishes in minutes."""
-    return {
+    env = {
         "DAGSTER_PARTITIONS_START": config.first_day.isoformat(),
         "CONSUMER_FLUSH_AGE_S": str(min(settings.consumer_flush_age_s, 5.0)),
         "LANDING_SENSOR_INTERVAL_SECONDS": str(min(settings.landing_sensor_interval_seconds, 10)),
-        # demo-sized hour ranges are enriched in-process; the Spark path is for large backfills
-        "SPARK_BACKFILL_MIN_HOURS": str(24 * (config.days + 1)),
     }
+    if "spark_backfill_min_hours" not in settings.model_fields_set:
+        # demo-sized hour ranges are enriched in-process; the Spark path is for large backfills (an explicit
+        # SPARK_BACKFILL_MIN_HOURS, e.g. with SPARK_MASTER set to a cluster, sends the demo's ranges there)
+        env["SPARK_BACKFILL_MIN_HOURS"] = str(24 * (config.days + 1))
+    return env
 
 
 def run_demo(users: int, days: int, seed: int, exit_after: bool, report_json: Path | None, reset: bool,

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     dagster_home: Path | None = None  # default: $EVENTPIPE_HOME/dagster
     dagster_port: int = Field(default=3000, ge=1, le=65535)
 
+    # --- production profile (Dagster instance) ------------------------------------------------
+    # PostgreSQL for Dagster's run, event-log and schedule storage (dagster.yaml written by `eventpipe dagster`);
+    # unset = the embedded SQLite instance under DAGSTER_HOME.
+    dagster_postgres_url: str | None = None
+    dagster_max_concurrent_runs: int = Field(default=2, ge=1, le=256)  # QueuedRunCoordinator limit
+
     # --- collector ---------------------------------------------------------------------------
     collector_host: str = "127.0.0.1"
     collector_port: int = Field(default=8080, ge=1, le=65535)
@@ -104,6 +110,11 @@ class Settings(BaseSettings):
     spark_backfill_buckets: int = Field(default=0, ge=0)  # session-key buckets (Spark tasks); 0 = default parallelism
     spark_submit_conf: str = ""  # extra `key=value` Spark settings, whitespace-separated (cluster, s3a, memory)
 
+    # --- lake compaction (enrichment.compaction, the raw_events_compaction asset) ---------------
+    lake_compaction_closed_after_s: float = Field(default=3600.0, ge=0)  # hours are compacted this long after they end
+    lake_compaction_retain_s: float = Field(default=3600.0, ge=0)  # replaced objects outlive their compaction this long
+    lake_compaction_cron: str = "15 * * * *"  # schedule of the compaction asset (UTC)
+
     # --- orchestration (Dagster assets, sensors, SLAs) ---------------------------------------
     dagster_partitions_start: str = "2024-01-01"  # first hourly/daily partition (UTC date)
     session_timeout_minutes: int = Field(default=30, ge=1)  # inactivity gap that starts a new session
@@ -116,6 +127,13 @@ class Settings(BaseSettings):
     marts_freshness_fail_hours: int = Field(default=26, ge=1)  # daily marts SLA
     marts_freshness_warn_hours: int = Field(default=25, ge=1)
     backfill_max_partitions_per_run: int = Field(default=24, ge=1)  # hours per backfill run
+    # --- orchestration: complete days (issue 12) ---------------------------------------------
+    # A day is complete this long after its end (UTC): the landing sensor then loads its hours with nothing
+    # landed as empty, so the day's marts can build. Late events after that still re-load their hour.
+    landing_window_seconds: int = Field(default=300, ge=0)
+    # --- embedded stack: stopping (issue 12) ---------------------------------------------------
+    # `eventpipe up`: SIGTERM a component's process group, then SIGKILL what is left after this long.
+    stack_stop_grace_seconds: float = Field(default=20.0, ge=0)
 
     # --- query service (query_service/: the Amplitude-compatible analytics API) --------------------
     query_api_host: str = "127.0.0.1"
@@ -177,6 +195,20 @@ class Settings(BaseSettings):
             raise ValueError(f"METADATA_DB_URL must be sqlite:///… or postgresql://…, got {v!r}")
         return v
 
+    @field_validator("clickhouse_cluster")
+    @classmethod
+    def _check_cluster(cls, v: str | None) -> str | None:
+        return v or None  # CLICKHOUSE_CLUSTER= (empty, as compose's ${CLICKHOUSE_CLUSTER:-} gives) = single server
+
+    @field_validator("dagster_postgres_url")
+    @classmethod
+    def _check_dagster_postgres(cls, v: str | None) -> str | None:
+        if not v:
+            return None
+        if urlsplit(v).scheme not in ("postgresql", "postgres", "postgresql+psycopg2") or not urlsplit(v).hostname:
+            raise ValueError(f"DAGSTER_POSTGRES_URL must look like postgresql://user:password@host:5432/db, got {v!r}")
+        return v
+
     @field_validator("broker_storage_url")
     @classmethod
     def _check_broker_storage(cls, v: str) -> str:
@@ -231,6 +263,15 @@ class ClickHouseTarget:
     @property
     def http_url(self) -> str:
         return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}"
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A PostgreSQL URL with the driver eventpipe installs (psycopg2) named: SQLAlchemy 2.1 maps a bare
+    ``postgresql://`` to psycopg 3, which is not a dependency. Other URLs (sqlite, explicit drivers) unchanged."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
 
 
 def load_settings(**overrides: object) -> Settings:

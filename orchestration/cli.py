@@ -1,4 +1,5 @@
-"""`eventpipe dagster`: the Dagster webserver + daemon (``dagster dev -w workspace.yaml``) for this stack."""
+"""`eventpipe dagster`: the Dagster webserver + daemon (``dagster dev -w workspace.yaml``) for this stack;
+`eventpipe backfill`: an asset backfill of event hours through it."""
 
 from __future__ import annotations
 
@@ -8,30 +9,49 @@ from pathlib import Path
 
 import typer
 
-from eventpipe_core.settings import Settings
+from eventpipe_core.settings import Settings, sqlalchemy_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKSPACE = REPO_ROOT / "workspace.yaml"
-DAGSTER_YAML = """# Written by `eventpipe dagster` (local sqlite instance). Production: a Postgres-backed instance.
-telemetry:
-  enabled: false
-# One machine: at most two runs at a time (each is a process), and dbt runs one at a time (pool
-# dbt_clickhouse) so a whole-table mart is never rebuilt from a half-replaced day by a parallel run.
-concurrency:
-  runs:
-    max_concurrent_runs: 2
-  pools:
-    default_limit: 1
-"""
+GENERATED_MARK = "# Written by `eventpipe dagster`"
+
+
+def dagster_yaml(settings: Settings) -> str:
+    """The instance config `eventpipe dagster` writes: SQLite under DAGSTER_HOME by default; with
+    DAGSTER_POSTGRES_URL, run/event-log/schedule storage in PostgreSQL (dagster-postgres). The URL is
+    referenced as an environment variable, so its password never lands in the file (processes started
+    without `eventpipe dagster` need it as ``postgresql+psycopg2://…``, see :func:`sqlalchemy_url`). Both use the
+    QueuedRunCoordinator: at most DAGSTER_MAX_CONCURRENT_RUNS runs (each a process), and dbt runs one at
+    a time (pool dbt_clickhouse) so a whole-table mart is never rebuilt from a half-replaced day."""
+    if settings.dagster_postgres_url:
+        storage = (
+            "# Production profile: runs, event log and schedules in PostgreSQL (DAGSTER_POSTGRES_URL).\n"
+            "storage:\n  postgres:\n    postgres_url:\n      env: DAGSTER_POSTGRES_URL\n"
+        )
+        kind = "PostgreSQL instance"
+    else:
+        storage = ""
+        kind = "local SQLite instance; set DAGSTER_POSTGRES_URL for PostgreSQL"
+    return (
+        f"{GENERATED_MARK} ({kind}); rewritten from the settings on every start\n"
+        "# unless this first line is removed.\n"
+        "telemetry:\n  enabled: false\n"
+        f"{storage}"
+        "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: QueuedRunCoordinator\n"
+        "concurrency:\n  runs:\n"
+        f"    max_concurrent_runs: {settings.dagster_max_concurrent_runs}\n"
+        "  pools:\n    default_limit: 1\n"
+    )
 
 
 def prepare_dagster_home(settings: Settings) -> Path:
-    """DAGSTER_HOME from settings, created with a minimal dagster.yaml if it has none."""
+    """DAGSTER_HOME from settings with the dagster.yaml of :func:`dagster_yaml`; a dagster.yaml written by
+    hand (not starting with the generated mark) is left alone."""
     home = Path(settings.dagster_home or settings.eventpipe_home / "dagster")
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(DAGSTER_YAML)
+    if not config.exists() or config.read_text().startswith(GENERATED_MARK):
+        config.write_text(dagster_yaml(settings))
     return home
 
 
@@ -52,7 +72,38 @@ def register(app: typer.Typer) -> None:
 
         settings = settings_or_exit()
         env = dict(os.environ) | {"DAGSTER_HOME": str(prepare_dagster_home(settings))}
+        if settings.dagster_postgres_url:  # what dagster.yaml reads, with the installed driver named
+            env["DAGSTER_POSTGRES_URL"] = sqlalchemy_url(settings.dagster_postgres_url)
         cmd = dagster_dev_command(settings, host)
         os.chdir(REPO_ROOT)
         # exec: SIGTERM/SIGINT from `eventpipe up` reach `dagster dev` itself, which stops webserver and daemon
         os.execve(cmd[0], cmd, env)
+
+    @app.command("backfill")
+    def backfill(
+        start: str = typer.Option(..., "--from", help="first hour (2026-01-01-00:00) or day (2026-01-01)"),
+        end: str = typer.Option(..., "--to", help="last hour (2026-01-07-23:00) or day (its 23:00 hour), inclusive"),
+    ) -> None:
+        """Re-enrich and re-load a range of event hours as one Dagster asset backfill (needs `eventpipe up`)."""
+        from eventpipe_cli.main import settings_or_exit
+        from orchestration.backfill import HOURLY_ASSETS, DagsterUnavailable, hour_keys, launch_asset_backfill
+
+        settings = settings_or_exit()
+        try:
+            hours = hour_keys(start, end)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        url = f"http://127.0.0.1:{settings.dagster_port}"
+        try:
+            backfill_id = launch_asset_backfill(url, [list(a) for a in HOURLY_ASSETS], hours, f"hours {hours[0]} .. {hours[-1]}",
+                                                {"eventpipe/trigger": "cli-backfill"})
+        except DagsterUnavailable as exc:
+            typer.echo(f"error: {exc}: start the stack first (`eventpipe up`)", err=True)
+            raise typer.Exit(1) from None
+        except RuntimeError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        per_run = settings.backfill_max_partitions_per_run
+        typer.echo(f"backfill {backfill_id}: {len(hours)} hours in {-(-len(hours) // per_run)} run(s) of up to {per_run} "
+                   f"hours, in-process — {url}/runs/b/{backfill_id}")

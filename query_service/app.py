@@ -101,7 +101,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
                              headers={"WWW-Authenticate": 'Basic realm="eventpipe"'})
             project, tz = found
             try:
-                scope = P.Scope(project=project, timezone=tz, include_bots=P.parse_bool(request.query_params, "include_bots"))
+                scope = P.Scope(project=project, timezone=tz, include_bots=P.parse_bool(request.query_params, "include_bots"),
+                                hot_from=engine.hot_from(), lake_path=engine.lake_path)
                 return await handler(request, scope)
             except P.ParamError as exc:
                 return error(400, exc.message, exc.param)

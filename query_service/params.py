@@ -45,6 +45,10 @@ class Scope:
     project: str
     timezone: str = "UTC"
     include_bots: bool = False
+    # Routing (from settings, not parameters): UTC days before ``hot_from`` are past the ClickHouse TTL and are
+    # read from the enriched lake under ``lake_path`` (a local directory; None = everything from ClickHouse).
+    hot_from: date | None = None
+    lake_path: str | None = None
 
 
 @dataclass(frozen=True)

@@ -20,17 +20,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import AssetExecutionContext
 
+from enrichment.lake_io import hour_parts
 from eventpipe_core.lake_catalog import hour_key
 from eventpipe_core.settings import Settings
 from orchestration.clickhouse.load import write_identities
 from orchestration.clickhouse.schema import SchemaPlan, quote
-from orchestration.lake.io import hour_parts
 from spark_jobs.backfill import IDENTITY_SCHEMA, BackfillSpec, hour_range, write_carry
 
 Engine = Literal["auto", "in_process", "spark"]
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
-SHIPPED_PACKAGES = ("eventpipe_core", "orchestration", "spark_jobs")  # what executors import (as --py-files)
+SHIPPED_PACKAGES = ("eventpipe_core", "enrichment", "spark_jobs")  # what executors import (as --py-files)
 
 
 class EnrichedEventsConfig(dg.Config):
@@ -105,9 +105,11 @@ def spark_submit_command(settings: Settings, spec_path: Path, work_dir: Path, ma
 
 def spark_env(master: str, work_dir: Path) -> dict[str, str]:
     """Environment for spark-submit in local mode: executors run this interpreter, scratch space under
-    ``work_dir``, bound to loopback (a cluster's own environment decides these)."""
+    ``work_dir``, bound to loopback (a cluster's own environment decides these). On a cluster the driver
+    still runs here (client mode), so it runs this interpreter too: a pip-installed pyspark's
+    ``spark-submit`` finds its SPARK_HOME through it; executors use ``spark.pyspark.python``."""
     if not is_local_master(master):
-        return {}
+        return {"PYSPARK_DRIVER_PYTHON": sys.executable}
     return {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
             "SPARK_LOCAL_DIRS": str(work_dir / "spark-local"), "SPARK_LOCAL_IP": "127.0.0.1"}
 

@@ -1,7 +1,7 @@
 """Raw export: `GET /api/2/export` (zip of gzipped JSONL per hour) and `eventpipe export` to moto's S3 server.
 
 The lake is built the real way: raw rows (with duplicate insert_ids and a second project) enriched by
-``orchestration.enrichment.rules.enrich_hour`` and written where the enriched_events asset writes them.
+``enrichment.rules.enrich_hour`` and written where the enriched_events asset writes them.
 The expectation is computed independently from the raw rows: one row per (project, insert_id).
 """
 
@@ -27,14 +27,14 @@ import pytest
 import uvicorn
 
 from embedded.broker import free_port
+from enrichment.lake_io import write_enriched
+from enrichment.rules import enrich_hour, to_parquet_bytes
 from eventpipe_core.event_model import RAW_EVENT_SCHEMA
 from eventpipe_core.export import ExportRangeError, parse_range
 from eventpipe_core.lake_store import LocalLakeStore, open_lake
 from eventpipe_core.metadata import get_metadata_store
 from eventpipe_core.metadata.secrets import create_key_with_secret
 from eventpipe_core.settings import load_settings
-from orchestration.enrichment.rules import enrich_hour, to_parquet_bytes
-from orchestration.lake.io import write_enriched
 from query_service.app import create_app
 from tests.conftest import AWS_TEST_KEYS
 from tests.orchestration_support import raw_row

@@ -19,7 +19,7 @@ from eventpipe_core.metadata.secrets import create_key_with_secret
 from eventpipe_core.settings import load_settings
 from query_service.app import create_app
 from tests.chserver_support import ChServer
-from tests.query_support import load_events
+from tests.query_support import TTL_DAYS, load_events
 
 DAY0 = 1767225600000  # 2026-01-01T00:00Z
 H = 3_600_000
@@ -28,7 +28,7 @@ H = 3_600_000
 @pytest.fixture(scope="module")
 def api(chserver: ChServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     home = tmp_path_factory.mktemp("qapi")
-    settings = load_settings(eventpipe_home=home, clickhouse_url=chserver.clickhouse_url)
+    settings = load_settings(eventpipe_home=home, clickhouse_url=chserver.clickhouse_url, clickhouse_ttl_days=TTL_DAYS)
     client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="",
                                            autogenerate_session_id=False)
     client.command("CREATE DATABASE IF NOT EXISTS analytics")

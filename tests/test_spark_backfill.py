@@ -18,10 +18,10 @@ import clickhouse_connect
 import dagster as dg
 import pyarrow.parquet as pq
 
+from enrichment.lake_io import enriched_key
 from eventpipe_core.lake_store import open_lake
 from eventpipe_core.settings import load_settings
 from orchestration.assemble import build_definitions
-from orchestration.lake.io import enriched_key
 from spark_jobs.launch import choose_engine
 from tests.chserver_support import ChServer
 from tests.orchestration_support import GOOGLEBOT_UA, LONDON_IP, NOW_HOUR, Env, land_batch, pkey, raw_row, write_geoip_db

@@ -18,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from eventpipe_core.settings import Settings
+from eventpipe_core.settings import Settings, sqlalchemy_url
 
 ENFORCEMENT_MODES = ("off", "flag", "reject")
 
@@ -99,7 +99,7 @@ class MetadataStore:
             kwargs: dict[str, Any] = {"future": True, "pool_pre_ping": True}
             if url_or_engine.startswith("sqlite"):
                 kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-            self.engine = sa.create_engine(url_or_engine, **kwargs)
+            self.engine = sa.create_engine(sqlalchemy_url(url_or_engine), **kwargs)
         self._ready = False
 
     def ensure_schema(self) -> None:

@@ -48,6 +48,7 @@ class Compiled:
     project: str
     utc_days: tuple[date, ...]  # UTC days of analytics.events (its partitions are UTC hours) the query reads
     all_history: bool = False  # also reads every earlier day (first-seen, _new)
+    reads_lake: bool = False  # uses file() on the enriched lake: the engine runs it as the service's own user
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -60,6 +61,7 @@ class Binder:
 
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}
+        self.reads_lake = False  # set when a source reads the enriched lake
 
     def bind(self, value: Any, ch_type: str) -> str:
         name = f"p{len(self.params)}"
@@ -141,21 +143,71 @@ def bucket_labels(start: date, end: date, interval: str, tz: str) -> list[str]:
 
 # --- the event source ---------------------------------------------------------------------------------------
 
+def _day_ms(d: date) -> int:
+    return int(datetime.combine(d, time(0), tzinfo=UTC).timestamp() * 1000)
+
+
+# The enriched Parquet columns a lake read declares (explicit structure: no schema inference, empty globs are fine).
+LAKE_TYPES: dict[str, str] = {
+    "event_time": "DateTime64(3, 'UTC')", "insert_id": "String", "event_type": "String", "project": "String",
+    "actor_id": "String", "session_id": "Int64", "event_properties": "String", "user_properties": "String",
+    "user_id": "Nullable(String)", "device_id": "Nullable(String)", "is_bot": "UInt8", "received_at": "DateTime64(3, 'UTC')",
+    "revenue": "Nullable(Float64)", "price": "Nullable(Float64)", "quantity": "Nullable(Int64)",
+}
+
+
+def lake_glob(lake_path: str, first: date, last: date) -> str:
+    """The enriched hour files of UTC days [first, last] (``enriched/events/event_date=…/event_hour=…``)."""
+    n = (last - first).days + 1
+    dates = ",".join((first + timedelta(days=i)).isoformat() for i in range(n))
+    return f"{lake_path.rstrip('/')}/enriched/events/event_date={{{dates}}}/event_hour=*/part-00000.parquet"
+
+
+def reads_lake(scope: Scope, start_ms: int | None) -> bool:
+    return bool(scope.lake_path and scope.hot_from and (start_ms is None or start_ms < _day_ms(scope.hot_from)))
+
+
 def events_source(b: Binder, scope: Scope, start_ms: int | None, end_ms: int | None,
                   columns: tuple[str, ...] = SOURCE_COLUMNS) -> str:
     """A subquery of the project's events in [start_ms, end_ms) — deduplicated, bots excluded unless asked.
 
     One row per insert_id: the first received copy (``received_at``, then ``event_time``), as ``stg_events``.
     Copies of one insert_id only exist across hours (each enriched hour is deduplicated and replaced whole).
+    Days before ``scope.hot_from`` (past the ClickHouse TTL) come from the enriched lake through ``file()``,
+    the rest from ``analytics.events``: one answer for a range spanning both.
     """
-    where = [f"project = {b.bind(scope.project, 'String')}"]
-    if start_ms is not None:
-        where.append(f"event_time >= fromUnixTimestamp64Milli({b.bind(start_ms, 'Int64')}, 'UTC')")
-    if end_ms is not None:
-        where.append(f"event_time < fromUnixTimestamp64Milli({b.bind(end_ms, 'Int64')}, 'UTC')")
-    cols = ", ".join(dict.fromkeys((*columns, "is_bot")))
-    inner = (f"SELECT {cols} FROM {EVENTS_TABLE} WHERE {' AND '.join(where)} "
-             "ORDER BY received_at, event_time LIMIT 1 BY insert_id")
+    cols = tuple(dict.fromkeys((*columns, "is_bot", "received_at")))
+    project = b.bind(scope.project, "String")
+
+    def where(lo: int | None, hi: int | None) -> str:
+        w = [f"project = {project}"]
+        if lo is not None:
+            w.append(f"event_time >= fromUnixTimestamp64Milli({b.bind(lo, 'Int64')}, 'UTC')")
+        if hi is not None:
+            w.append(f"event_time < fromUnixTimestamp64Milli({b.bind(hi, 'Int64')}, 'UTC')")
+        return " AND ".join(w)
+
+    hot_sql = f"SELECT {', '.join(cols)} FROM {EVENTS_TABLE} WHERE {{where}}"
+    if reads_lake(scope, start_ms):
+        assert scope.hot_from is not None and scope.lake_path is not None
+        hot_ms = _day_ms(scope.hot_from)
+        cold_end = hot_ms if end_ms is None else min(end_ms, hot_ms)
+        first_day = datetime.fromtimestamp((start_ms or 0) / 1000, UTC).date()
+        last_day = datetime.fromtimestamp((cold_end - 1) / 1000, UTC).date()
+        structure = ", ".join(f"{c} {LAKE_TYPES.get(c, 'String')}" for c in dict.fromkeys((*cols, "project")))
+        path = (lake_glob(scope.lake_path, first_day, last_day) if start_ms is not None
+                else f"{scope.lake_path.rstrip('/')}/enriched/events/event_date=*/event_hour=*/part-00000.parquet")
+        glob = b.bind(path, "String")
+        b.reads_lake = True
+        cold = (f"SELECT {', '.join(cols)} FROM file({glob}, 'Parquet', {b.bind(structure, 'String')})"
+                f" WHERE {where(start_ms, cold_end)}")
+        parts = [cold]
+        if end_ms is None or end_ms > hot_ms:
+            parts.append(hot_sql.format(where=where(max(hot_ms, start_ms or hot_ms), end_ms)))
+        union = " UNION ALL ".join(parts)
+        inner = f"SELECT * FROM ({union}) ORDER BY received_at, event_time LIMIT 1 BY insert_id"
+    else:
+        inner = hot_sql.format(where=where(start_ms, end_ms)) + " ORDER BY received_at, event_time LIMIT 1 BY insert_id"
     if scope.include_bots:
         return f"({inner})"
     return f"(SELECT * FROM ({inner}) WHERE is_bot = 0)"

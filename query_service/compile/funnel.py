@@ -112,7 +112,7 @@ SELECT 'all' AS kind, '' AS day, b.4 AS g,
        avgForEach(arrayMap(k -> toFloat64(b.3[k + 1] - b.3[k]), range(1, b.1))) AS avg
 FROM best GROUP BY g
 """
-    return Compiled(sql=sql.strip(), params=b.params, project=q.scope.project,
+    return Compiled(sql=sql.strip(), params=b.params, project=q.scope.project, reads_lake=b.reads_lake,
                     utc_days=utc_days_between(start_ms, read_end), all_history=q.new_users)
 
 

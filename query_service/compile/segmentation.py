@@ -58,7 +58,8 @@ def compile_segmentation(q: SegmentationQuery) -> Compiled:
             " GROUP BY GROUPING SETS ((bucket), ())"
         )
     sql = " UNION ALL ".join(branches) + " ORDER BY ei, bucket, g0, g1"
-    return Compiled(sql=sql, params=b.params, project=q.scope.project, utc_days=utc_days_between(start_ms, end_ms),
+    return Compiled(sql=sql, params=b.params, project=q.scope.project, reads_lake=b.reads_lake,
+                    utc_days=utc_days_between(start_ms, end_ms),
                     all_history=uses_new, settings={"group_by_use_nulls": 1})
 
 
