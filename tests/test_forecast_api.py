@@ -34,7 +34,7 @@ def day_count(d: date) -> int:
 @pytest.fixture(scope="module")
 def api(chserver: ChServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     home = tmp_path_factory.mktemp("fcapi")
-    settings = load_settings(eventpipe_home=home, clickhouse_url=chserver.clickhouse_url)
+    settings = load_settings(eventpipe_home=home, clickhouse_url=chserver.clickhouse_url, clickhouse_ttl_days=TTL_DAYS)
     admin = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="",
                                           autogenerate_session_id=False)
     admin.command("CREATE DATABASE IF NOT EXISTS analytics")
