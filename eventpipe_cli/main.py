@@ -95,6 +95,8 @@ def _register_subcommands() -> None:
         "orchestration.dbt.cli",
         "query_service.cli",
         "eventpipe_cli.demo",
+        "eventpipe_cli.export",
+        "eventpipe_cli.cohorts",
     ):
         try:
             module = importlib.import_module(module_name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -166,6 +167,10 @@ class Settings(BaseSettings):
     query_api_port: int = Field(default=8090, ge=1, le=65535)
     query_max_execution_s: float = Field(default=60.0, gt=0)  # per ClickHouse query of the API
     query_auth_cache_s: float = Field(default=5.0, ge=0)  # how long a verified api_key:secret_key stays trusted
+
+    # --- issue 16: anomaly detection, alerts, cohorts, export ------------------------------------
+    anomaly_model: Literal["prophet", "robust"] = "prophet"  # forecast band model (robust = seasonal median/MAD)
+    export_max_hours: int = Field(default=24 * 31, ge=1)  # widest /api/2/export range (Amplitude: 365 days)
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod

@@ -25,6 +25,7 @@ import dagster as dg
 
 from eventpipe_core.settings import Settings, get_settings
 from orchestration.clickhouse.assets import build_clickhouse_events
+from orchestration.cohorts.assets import build_cohort_members, build_cohort_sensor, cohort_job
 from orchestration.lake.assets import build_enriched_events, raw_events_spec
 from orchestration.lake.compaction import build_compaction
 from orchestration.quality.checks import build_enriched_checks
@@ -59,14 +60,17 @@ def build_definitions(settings: Settings | None = None, include_dbt: bool = True
     extra = dbt_definitions(settings) if include_dbt else None
     resources = build_resources(settings)
     compaction, compaction_schedule = build_compaction(settings)
+    cohorts_job = cohort_job()  # issue 16: cohort membership (orchestration/cohorts/)
     if extra is not None and extra.resources:
         resources = {k: v for k, v in resources.items() if k not in extra.resources}
     core = dg.Definitions(
-        assets=[raw_events_spec(settings), build_enriched_events(settings), build_clickhouse_events(settings), compaction],
+        assets=[raw_events_spec(settings), build_enriched_events(settings), build_clickhouse_events(settings), compaction,
+                build_cohort_members(settings)],
         asset_checks=build_enriched_checks(settings),
-        jobs=[job],
+        jobs=[job, cohorts_job],
         sensors=[
             build_landing_sensor(settings, job),
+            build_cohort_sensor(settings, cohorts_job),
             dg.AutomationConditionSensorDefinition(
                 "automation_condition_sensor", target=dg.AssetSelection.all(),
                 default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,

@@ -28,7 +28,9 @@ from eventpipe_core.metadata.projects_settings import get_timezone
 from eventpipe_core.metadata.secrets import project_for_credentials
 from eventpipe_core.settings import Settings, get_settings
 from query_service import params as P
+from query_service.cohorts_api import cohort_routes
 from query_service.engine import Engine, QueryFailed
+from query_service.export_api import export_handler
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
         from query_service.compile import segmentation as seg
 
         q = P.parse_segmentation(request.query_params, scope)
-        return JSON({"data": seg.shape(q, await run(seg.compile_segmentation(q)))})
+        data = seg.shape(q, await run(seg.compile_segmentation(q)))
+        if P.parse_bool(request.query_params, "forecast"):  # issue 16: anomaly band (query_service/forecast_api.py)
+            from query_service.forecast_api import add_forecast
+
+            model = request.query_params.get("forecast_model") or settings.anomaly_model
+            data = await add_forecast(q, data, run, model)
+        return JSON({"data": data})
 
     async def funnels(request: Request, scope: P.Scope) -> Response:
         from query_service.compile import funnel
@@ -161,6 +169,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
         Route("/api/2/funnels", guarded(funnels)),
         Route("/api/2/retention", guarded(retention)),
         Route("/api/2/users", guarded(users)),
+        Route("/api/2/export", guarded(export_handler(settings))),  # issue 16: raw export (query_service/export_api.py)
+        *cohort_routes(store, engine, guarded),  # issue 16: cohorts (query_service/cohorts_api.py)
         Route("/healthz", healthz),
         Route("/openapi.json", openapi),
         Route("/docs", docs),

@@ -9,7 +9,7 @@ idempotent step in ``MetadataStore.ensure_schema``.
 """
 
 # Feature modules: importing them registers their tables on ``meta``.
-from eventpipe_core.metadata import projects_settings, secrets  # noqa: E402, F401
+from eventpipe_core.metadata import alerts, cohorts, projects_settings, secrets  # noqa: E402, F401
 from eventpipe_core.metadata.funnels import FunnelDef, FunnelRegistry, funnels, parse_steps, parse_window
 from eventpipe_core.metadata.store import (
     ENFORCEMENT_MODES,

@@ -233,6 +233,10 @@ def prop_sql(b: Binder, prop: Prop) -> str:
 
 
 def filter_sql(b: Binder, f: PropFilter) -> str:
+    if f.prop.kind == "user" and f.prop.key == "userdata_cohort":  # issue 16: cohort segment
+        from query_service.compile.cohorts import cohort_filter_sql
+
+        return cohort_filter_sql(b, f)
     v = prop_sql(b, f.prop)
     if f.op in ("is", "is not"):
         expr = f"has({b.bind(list(f.values), 'Array(String)')}, {v})"
