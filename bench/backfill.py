@@ -33,12 +33,12 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from enrichment.lake_io import enriched_key, hours_between, load_commit_records, read_raw_hour, write_enriched  # noqa: E402
+from enrichment.rules import EnrichmentConfig, enrich_hour, session_state_from_enriched, to_parquet_bytes  # noqa: E402
 from eventpipe_core.event_model import RAW_EVENT_SCHEMA  # noqa: E402
 from eventpipe_core.lake_catalog import RAW_PREFIX, CommitRecord, LandedObject, hour_dir  # noqa: E402
 from eventpipe_core.lake_store import LakeStore, open_lake  # noqa: E402
 from eventpipe_core.settings import load_settings  # noqa: E402
-from orchestration.enrichment.rules import EnrichmentConfig, enrich_hour, session_state_from_enriched, to_parquet_bytes  # noqa: E402
-from orchestration.lake.io import enriched_key, hours_between, load_commit_records, read_raw_hour, write_enriched  # noqa: E402
 from spark_jobs.backfill import BackfillSpec, IdentityLedger, hour_range  # noqa: E402
 from spark_jobs.launch import spark_env, spark_submit_command  # noqa: E402
 

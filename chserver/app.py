@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,7 +24,15 @@ from starlette.routing import Route
 from chserver import compression
 from chserver.auth import Users
 from chserver.engine import Engine, QueryResult
-from chserver.errors import NOT_IMPLEMENTED, STD_EXCEPTION, UNSUPPORTED_METHOD, ClickHouseError
+from chserver.errors import (
+    ACCESS_DENIED,
+    AUTHENTICATION_FAILED,
+    BAD_ARGUMENTS,
+    NOT_IMPLEMENTED,
+    STD_EXCEPTION,
+    UNSUPPORTED_METHOD,
+    ClickHouseError,
+)
 from chserver.request import build_query_request
 
 log = logging.getLogger(__name__)
@@ -74,8 +84,72 @@ def merge_form_fields(params: dict[str, str], content_type_header: str, body: by
     return merged, b""
 
 
-def create_app(engine: Engine, users: Users) -> Starlette:
+_HEADER_SAFE = re.compile(r"^[\x20-\x7e]{0,256}$")
+
+
+class LoginLimiter:
+    """Failed logins per client address: after ``per_minute`` failures in a minute, answer 429 until it passes."""
+
+    def __init__(self, per_minute: int):
+        self.per_minute = per_minute
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, client: str, now: float) -> list[float]:
+        kept = [t for t in self._failures.get(client, []) if now - t < 60]
+        if kept:
+            self._failures[client] = kept
+        else:
+            self._failures.pop(client, None)
+        return kept
+
+    def check(self, client: str) -> None:
+        recent = self._recent(client, time.monotonic())
+        if len(recent) >= self.per_minute:
+            exc = ClickHouseError(
+                AUTHENTICATION_FAILED,
+                f"Too many failed logins from {client}: retry in {int(60 - (time.monotonic() - recent[0])) + 1} s",
+            )
+            exc.status_override = 429
+            raise exc
+
+    def failed(self, client: str) -> None:
+        if len(self._failures) > 10_000:  # bounded memory under a spray of addresses
+            self._failures.clear()
+        self._failures.setdefault(client, []).append(time.monotonic())
+
+
+def origin_checker(allowed: str):  # noqa: ANN201 - a small closure
+    """Browsers: a page's request carries ``Origin`` (or ``Sec-Fetch-Site: cross-site``); refuse unless allowed.
+
+    A text/plain POST needs no CORS preflight, so without this any web page could run SQL on the
+    local server; non-browser clients send no Origin and are unaffected.
+    """
+    origins = {o.strip().rstrip("/") for o in allowed.split(",") if o.strip()}
+
+    def check(headers: dict[str, str]) -> None:
+        origin = headers.get("origin")
+        if origin is None and headers.get("sec-fetch-site") not in ("cross-site", "same-site"):
+            return
+        if "*" in origins or (origin and origin.rstrip("/") in origins):
+            return
+        raise ClickHouseError(
+            ACCESS_DENIED, f"Cross-origin request from {origin or 'a web page'} refused (allow it with CHSERVER_CORS_ORIGINS)"
+        )
+
+    def allowed_origin(headers: dict[str, str]) -> str | None:
+        origin = headers.get("origin")
+        if origin and ("*" in origins or origin.rstrip("/") in origins):
+            return origin
+        return None
+
+    check.allowed_origin = allowed_origin  # type: ignore[attr-defined]
+    return check
+
+
+def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failures_per_minute: int = 10) -> Starlette:
     """The ASGI app serving ``engine``; closing the app (lifespan shutdown) closes the engine."""
+    check_origin = origin_checker(cors_origins)
+    logins = LoginLimiter(login_failures_per_minute)
 
     def base_headers(query_id: str) -> dict[str, str]:
         return {
@@ -87,6 +161,8 @@ def create_app(engine: Engine, users: Users) -> Starlette:
     def error_response(exc: ClickHouseError, query_id: str) -> Response:
         headers = base_headers(query_id)
         headers["X-ClickHouse-Exception-Code"] = str(exc.code)
+        if exc.http_status == 401:
+            headers["WWW-Authenticate"] = 'Basic realm="ClickHouse"'
         return PlainTextResponse(exc.body(engine.version), status_code=exc.http_status, headers=headers)
 
     def run(method: str, params: dict[str, str], headers: dict[str, str], body: bytes, user_name: str) -> tuple[
@@ -109,6 +185,8 @@ def create_app(engine: Engine, users: Users) -> Starlette:
     async def query(request: Request) -> Response:
         params = _last_values(request)
         query_id = params.get("query_id") or str(uuid.uuid4())
+        if not _HEADER_SAFE.match(query_id):
+            query_id = str(uuid.uuid4())  # never echo a header value that would break the response
         if log.isEnabledFor(logging.DEBUG):
             shown = {k: ("****" if k == "password" else v[:200]) for k, v in params.items()}
             encoding = request.headers.get("content-encoding")
@@ -117,30 +195,59 @@ def create_app(engine: Engine, users: Users) -> Starlette:
             if request.method not in ("GET", "POST"):
                 raise ClickHouseError(UNSUPPORTED_METHOD, f"HTTP method {request.method} is not supported")
             headers = {k.lower(): v for k, v in request.headers.items()}
-            user = users.authenticate(headers, params)
+            check_origin(headers)
+            for name in ("query_id", "session_id"):
+                if name in params and not _HEADER_SAFE.match(params[name]):
+                    raise ClickHouseError(BAD_ARGUMENTS, f"Invalid {name}: only printable ASCII characters are allowed")
+            client = request.client.host if request.client else ""
+            logins.check(client)
+            try:
+                user = users.authenticate(headers, params)
+            except ClickHouseError:
+                logins.failed(client)
+                raise
             body = await request.body()
             if headers.get("content-type", "").startswith("multipart/form-data"):
                 # clickhouse-connect sends the query and long bound parameters as form fields
                 params, body = merge_form_fields(params, headers["content-type"], body)
             loop = asyncio.get_running_loop()
-            result, payload, encoding = await loop.run_in_executor(
-                engine.executor, run, request.method, params, headers, body, user.name
-            )
+            with engine.admission(user.name, user.profile):
+                result, payload, encoding = await loop.run_in_executor(
+                    engine.executor_for(user.profile), run, request.method, params, headers, body, user.name
+                )
         except ClickHouseError as exc:
             return error_response(exc, query_id)
         except Exception as exc:  # noqa: BLE001 - any failure is a ClickHouse-style error, never a crash
             log.exception("query %s failed unexpectedly", query_id)
             return error_response(ClickHouseError(STD_EXCEPTION, f"{type(exc).__name__}: {exc}"), query_id)
         headers_out = base_headers(query_id)
-        headers_out["X-ClickHouse-Format"] = result.format
+        if result.has_result:
+            headers_out["X-ClickHouse-Format"] = result.format
         headers_out["X-ClickHouse-Summary"] = json.dumps(result.summary, separators=(",", ":"))
         if params.get("session_id"):
             headers_out["X-ClickHouse-Session-Id"] = params["session_id"]
         if encoding:
             headers_out["Content-Encoding"] = encoding
+        headers_out.update(cors_headers(request))
         return Response(payload, media_type=content_type(result.format), headers=headers_out)
 
+    def cors_headers(request: Request) -> dict[str, str]:
+        origin = check_origin.allowed_origin({k.lower(): v for k, v in request.headers.items()})
+        if origin is None:
+            return {}
+        return {
+            "Access-Control-Allow-Origin": origin,
+            "Access-Control-Allow-Headers": "origin, content-type, authorization, x-clickhouse-user, x-clickhouse-key, "
+            "x-clickhouse-format, x-clickhouse-database",
+            "Access-Control-Allow-Methods": "POST, GET, OPTIONS",
+            "Access-Control-Max-Age": "86400",
+            "Vary": "Origin",
+        }
+
     async def root(request: Request) -> Response:
+        if request.method == "OPTIONS":
+            cors = cors_headers(request)
+            return Response(status_code=204 if cors else 403, headers=cors)
         if request.method in ("GET", "HEAD") and "query" not in request.query_params:
             return PlainTextResponse("Ok.\n")
         return await query(request)

@@ -19,8 +19,11 @@ def register(app: typer.Typer) -> None:
         host: Annotated[str | None, typer.Option("--host", help="Listen address (default: the host of CLICKHOUSE_URL).")] = None,
         port: Annotated[int | None, typer.Option("--port", help="HTTP port (default: the port of CLICKHOUSE_URL, 8123).")] = None,
         max_concurrent_queries: Annotated[
-            int, typer.Option("--max-concurrent-queries", min=1, help="Queries run at once; more wait in line.")
+            int, typer.Option("--max-concurrent-queries", min=1, help="Writer queries run at once; more wait in line.")
         ] = 16,
+        restricted_slots: Annotated[
+            int, typer.Option("--restricted-slots", min=0, help="Read-only users' queries run at once (own pool; 0 = half).")
+        ] = 0,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every request.")] = False,
     ) -> None:
         """Serve ClickHouse's HTTP interface on chDB, owning the data dir (Ctrl-C / SIGTERM stops cleanly)."""
@@ -46,6 +49,9 @@ def register(app: typer.Typer) -> None:
                 Users.from_settings(settings),
                 databases=(target.database,),
                 max_concurrent_queries=max_concurrent_queries,
+                restricted_slots=restricted_slots,
+                cors_origins=settings.chserver_cors_origins,
+                login_failures_per_minute=settings.chserver_login_failures_per_minute,
                 log_level="info" if verbose else "warning",
             )
         except (DataDirInUseError, PortInUseError) as exc:

@@ -13,7 +13,7 @@ Why connections are handled the way they are (verified with chdb 4.4):
   session (dbt-clickhouse relies on temporary tables, e.g. for unit tests). A session serves one
   request at a time (a concurrent one gets SESSION_IS_LOCKED) and closes after ``session_timeout``
   seconds (default 60) without requests. Inside a session, URL settings and ``database`` apply to
-  the session from then on (a simplification of ClickHouse, where they are per query);
+  that query only, as in ClickHouse (the session's own values are put back after it);
 * chDB releases the GIL while a query runs, so a long query in a worker thread does not stall the
   event loop that answers ``/ping``.
 
@@ -28,22 +28,26 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import chdb
 
+from chserver.access import Profile, check_ast, check_canonical, parse_ast
+from chserver.auth import WRITER
 from chserver.errors import (
-    ACCESS_DENIED,
     BAD_ARGUMENTS,
     READONLY,
     SYNTAX_ERROR,
+    TOO_MANY_SIMULTANEOUS_QUERIES,
     UNKNOWN_FORMAT,
     ClickHouseError,
 )
-from chserver.sql import READ_ONLY_KINDS, RESTRICTED_FUNCTIONS, Statement, analyze
+from chserver.sql import READ_ONLY_KINDS, Statement, analyze, tokens
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +104,7 @@ class QueryRequest:
     settings: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     readonly: int = 0  # 0 = read-write, 2 = reads + settings, 1 = reads only
-    restricted_functions: bool = False  # refuse file/url/remote/… table functions (read-only users)
+    profile: Profile = WRITER  # a restricted profile: checked on the parsed query, engine readonly, limits
     session_id: str | None = None
     session_timeout: int = 60
     session_check: bool = False  # the session must already exist
@@ -120,14 +124,52 @@ class Session:
 
 
 @dataclass
+class RestrictedSession:
+    """A restricted user's HTTP session: only vetted settings and a permitted database persist.
+
+    Every query of a restricted user runs on a fresh connection locked with ``readonly``, so the
+    session cannot hold a connection; what ``SET``/``USE`` changed is replayed before each query.
+    """
+
+    timeout: int
+    settings: dict[str, str] = field(default_factory=dict)  # name -> SQL literal
+    database: str | None = None
+    last_used: float = field(default_factory=time.monotonic)
+
+    def expired(self, now: float) -> bool:
+        return now - self.last_used > self.timeout
+
+
+# Statements without a result set: ClickHouse sends no X-ClickHouse-Format for them, and
+# clickhouse-connect's command() relies on that to return a QuerySummary.
+NO_RESULT_KINDS = frozenset(
+    {"INSERT", "CREATE", "DROP", "ALTER", "TRUNCATE", "RENAME", "EXCHANGE", "OPTIMIZE", "ATTACH", "DETACH", "SET", "USE",
+     "GRANT", "REVOKE", "SYSTEM", "UNDROP", "DELETE", "UPDATE", "BACKUP", "RESTORE"}
+)  # fmt: skip
+
+
+@dataclass
 class QueryResult:
     body: bytes
     format: str
     summary: dict[str, str]
+    has_result: bool = True  # False: no result set (DDL, INSERT, SET …), so no X-ClickHouse-Format
 
 
 def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _escape_param(value: str) -> str:
+    """A String query parameter is read in TSV-escaped form: escape backslashes and control characters."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r").replace("\0", "\\0")
+
+
+def _summary(elapsed: float = 0.0) -> dict[str, str]:
+    names = ("read_rows", "read_bytes", "written_rows", "written_bytes", "total_rows_to_read", "result_bytes")
+    summary = dict.fromkeys(names, "0")
+    summary["elapsed_ns"] = str(int(elapsed * 1e9))
+    return summary
 
 
 def _ident(name: str) -> str:
@@ -137,7 +179,9 @@ def _ident(name: str) -> str:
 class Engine:
     """chDB on ``data_dir`` plus a thread pool and idle connections for concurrent requests."""
 
-    def __init__(self, data_dir: Path, max_concurrent_queries: int = 16, databases: tuple[str, ...] = ()):
+    def __init__(
+        self, data_dir: Path, max_concurrent_queries: int = 16, databases: tuple[str, ...] = (), restricted_slots: int = 0
+    ):
         data_dir = data_dir.expanduser().absolute()
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
@@ -152,6 +196,7 @@ class Engine:
             self.output_formats = {r[0].lower(): r[0] for r in rows if r[2] == "1"}
             self.input_formats = {r[0].lower(): r[0] for r in rows if r[1] == "1"}
             self.all_formats = {**self.input_formats, **self.output_formats}
+            self.table_functions = {r[0].lower() for r in self._rows("SELECT name FROM system.table_functions")}
             for db in databases:
                 if db and db != "default":
                     self._anchor.query(f"CREATE DATABASE IF NOT EXISTS {_ident(db)}")
@@ -160,6 +205,13 @@ class Engine:
             raise
         self.max_concurrent_queries = max_concurrent_queries
         self.executor = ThreadPoolExecutor(max_workers=max_concurrent_queries, thread_name_prefix="chdb")
+        # Restricted users (BI tools, the query service) run in their own pool, so however many slow
+        # reads are running or queued, the writer's loads and health checks get a thread at once.
+        slots = restricted_slots or max(1, max_concurrent_queries // 2)
+        self.restricted_executor = ThreadPoolExecutor(max_workers=slots, thread_name_prefix="chdb-ro")
+        self._running: dict[str, int] = {}
+        self._running_lock = threading.Lock()
+        self._restricted_sessions: dict[tuple[str, str], RestrictedSession] = {}
         self._idle: list[Any] = []
         self._idle_lock = threading.Lock()
         self._sessions: dict[tuple[str, str], Session] = {}
@@ -227,20 +279,40 @@ class Engine:
         return stmt
 
     def check_allowed(self, req: QueryRequest, stmt: Statement) -> None:
-        """Read-only users and read-only requests (GET, readonly=N) may only read."""
-        if req.readonly and stmt.kind not in READ_ONLY_KINDS:
+        """Read-only requests (GET, readonly=N, restricted users) may only run SELECT-class statements."""
+        if (req.readonly or req.profile.restricted) and stmt.kind not in READ_ONLY_KINDS:
             raise ClickHouseError(READONLY, f"{req.user}: Cannot execute query in readonly mode.")
-        if req.restricted_functions:
-            denied = sorted(stmt.functions & RESTRICTED_FUNCTIONS)
-            if denied:
+
+    def executor_for(self, profile: Profile) -> ThreadPoolExecutor:
+        return self.restricted_executor if profile.restricted else self.executor
+
+    @contextmanager
+    def admission(self, user: str, profile: Profile) -> Iterator[None]:
+        """Count a user's queries from arrival (queued ones too); over the profile's limit → code 202 at once."""
+        limit = profile.max_concurrent_queries
+        with self._running_lock:
+            running = self._running.get(user, 0)
+            if limit and running >= limit:
                 raise ClickHouseError(
-                    ACCESS_DENIED, f"{req.user}: Not enough privileges: table function {denied[0]}() is not allowed for this user"
+                    TOO_MANY_SIMULTANEOUS_QUERIES, f"Too many simultaneous queries for user {user}. Maximum: {limit}"
                 )
-            if stmt.into_outfile:
-                raise ClickHouseError(ACCESS_DENIED, f"{req.user}: Not enough privileges: INTO OUTFILE is not allowed")
+            self._running[user] = running + 1
+        try:
+            yield
+        finally:
+            with self._running_lock:
+                self._running[user] -= 1
 
     def execute(self, req: QueryRequest) -> QueryResult:
-        """Run one request on its own connection (blocking; call from ``self.executor``)."""
+        """Run one request on its own connection (blocking; call from :meth:`executor_for`)."""
+        result = self._execute(req)
+        first = next(tokens(req.raw[:4096].decode("latin-1")), None)  # the statement kind; tokens() never raises
+        if first is not None and first.text.upper() in NO_RESULT_KINDS and not result.body:
+            result.has_result = False
+        return result
+
+    def _execute(self, req: QueryRequest) -> QueryResult:
+        """Run one request on its own connection."""
         if self._closed:
             raise ClickHouseError(210, "Server is shutting down", name="NETWORK_ERROR")
         if not req.raw.strip():
@@ -253,6 +325,8 @@ class Engine:
             out_format = self.output_formats.get(wanted.lower())
             if out_format is None:
                 raise ClickHouseError(UNKNOWN_FORMAT, f"Unknown output format {wanted}")
+        if req.profile.restricted:
+            return self._execute_restricted(req, stmt, out_format)
 
         prelude: list[str] = []
         if req.readonly:
@@ -267,7 +341,10 @@ class Engine:
         conn = session.conn if session is not None else self._acquire()
         reusable = False
         t0 = time.perf_counter()
+        restore: list[str] = []
         try:
+            if session is not None:
+                restore = self._session_restore(conn, req)
             for sql in prelude:
                 conn._conn.query(sql, "TabSeparated", params={})
             if stmt.kind == "INSERT" and stmt.insert_format:
@@ -285,10 +362,118 @@ class Engine:
             raise ClickHouseError.from_engine(exc) from None
         finally:
             if session is not None:
+                try:
+                    for sql in restore:
+                        conn._conn.query(sql, "TabSeparated", params={})
+                except RuntimeError:
+                    log.warning("session %s: restoring settings after a query failed", req.session_id, exc_info=True)
                 session.last_used = time.monotonic()
                 session.lock.release()
             else:
                 self._release(conn, reusable)
+
+    def _session_restore(self, conn: Any, req: QueryRequest) -> list[str]:
+        """In a session, URL settings and ``database`` apply to that query only (as in ClickHouse): the
+        statements that put the session's own values back afterwards (a SET in the query itself stays)."""
+        out: list[str] = []
+        if req.settings:
+            names = ", ".join(_quote(k) for k in req.settings)
+            rows = conn._conn.query(f"SELECT name, value FROM system.settings WHERE name IN ({names})", "TSVRaw", params={})
+            pairs = [line.split("\t", 1) for line in rows.bytes().decode().splitlines()]
+            if pairs:
+                out.append("SET " + ", ".join(f"{k} = {_quote(v)}" for k, v in pairs))
+        if req.database:
+            current = conn._conn.query("SELECT currentDatabase()", "TSVRaw", params={}).bytes().decode().strip()
+            out.append(f"USE {_ident(current)}")
+        return out
+
+    # --- restricted users --------------------------------------------------------------------------
+    def _restricted_session(self, req: QueryRequest) -> RestrictedSession | None:
+        from chserver.errors import SESSION_NOT_FOUND
+
+        if not req.session_id:
+            return None
+        now = time.monotonic()
+        key = (req.user, req.session_id)
+        with self._sessions_lock:
+            for k, old in list(self._restricted_sessions.items()):
+                if old.expired(now):
+                    del self._restricted_sessions[k]
+            session = self._restricted_sessions.get(key)
+            if session is None:
+                if req.session_check:
+                    raise ClickHouseError(SESSION_NOT_FOUND, f"Session {req.session_id} not found")
+                session = self._restricted_sessions[key] = RestrictedSession(timeout=req.session_timeout)
+            session.timeout = req.session_timeout
+            session.last_used = now
+        return session
+
+    def _execute_restricted(self, req: QueryRequest, stmt: Statement, out_format: str) -> QueryResult:
+        """A restricted user's query: vetted settings, then ``readonly`` locked, then checked on its parse, then run.
+
+        The connection is fresh and closed afterwards, so nothing a restricted query does outlives it.
+        """
+        profile = req.profile
+        session = self._restricted_session(req)
+        conn = chdb.connect(self._path)
+        t0 = time.perf_counter()
+        try:
+            sql = req.raw.decode("utf-8")
+            canonical = conn._conn.query("SELECT formatQuerySingleLine({chserver_query:String})", "RawBLOB",
+                                         params={"chserver_query": _escape_param(sql)}).bytes().decode()
+            databases = {r for r in conn._conn.query("SELECT name FROM system.databases", "TSVRaw", params={})
+                         .bytes().decode().splitlines()}
+            check_canonical(req.user, profile, canonical, databases)
+            if stmt.kind in ("SET", "USE"):
+                self._restricted_set_use(req, stmt.kind, canonical, session)
+                return QueryResult(body=b"", format=out_format, summary=_summary(elapsed=time.perf_counter() - t0))
+            database = req.database or (session.database if session else None) or profile.default_database
+            settings = {k: _quote(v) for k, v in profile.profile_settings().items()}
+            if session is not None:
+                settings.update(session.settings)
+            settings.update({k: _quote(v) for k, v in req.settings.items()})
+            conn._conn.query("SET " + ", ".join(f"{k} = {v}" for k, v in settings.items()), "TabSeparated", params={})
+            if database in databases:
+                conn._conn.query(f"USE {_ident(database)}", "TabSeparated", params={})
+            level = 1 if req.readonly == 1 else profile.readonly  # a client may ask for the stricter readonly=1
+            conn._conn.query(f"SET readonly = {int(level)}", "TabSeparated", params={})
+            tree = conn._conn.query("EXPLAIN AST " + sql, "TabSeparated", params=req.params).bytes().decode()
+            check_ast(req.user, profile, parse_ast(tree), database, databases, self.table_functions)
+            result = self._query(conn, req, out_format)
+            result.summary["elapsed_ns"] = str(int((time.perf_counter() - t0) * 1e9))
+            return result
+        except (RuntimeError, UnicodeDecodeError) as exc:
+            if isinstance(exc, UnicodeDecodeError):
+                raise ClickHouseError(BAD_ARGUMENTS, f"The query is not valid UTF-8: {exc}") from None
+            raise ClickHouseError.from_engine(exc) from None
+        finally:
+            self._release(conn, reusable=False)
+
+    def _restricted_set_use(self, req: QueryRequest, kind: str, canonical: str, session: RestrictedSession | None) -> None:
+        """``SET a = 1, b = 'x'`` / ``USE db`` of a restricted user: vetted, then kept in the session (if any)."""
+        toks = [t for t in tokens(canonical)][1:]
+        if kind == "USE":
+            if len(toks) != 1 or toks[0].kind not in ("word", "qid"):
+                raise ClickHouseError(SYNTAX_ERROR, "USE takes one database name")
+            name = toks[0].text if toks[0].kind == "word" else toks[0].text[1:-1].replace("``", "`")
+            req.profile.check_database(req.user, name)
+            if session is not None:
+                session.database = name
+            return
+        assignments: list[tuple[str, str]] = []
+        i = 0
+        while i < len(toks):
+            if i + 2 >= len(toks) or toks[i].kind != "word" or toks[i + 1].text != "=":
+                raise ClickHouseError(READONLY, f"{req.user}: only SET name = value[, …] is allowed in readonly mode")
+            j = i + 2
+            while j < len(toks) and not (toks[j].kind == "other" and toks[j].text == "," and toks[j].depth == 0):
+                j += 1
+            value = canonical[toks[i + 2].start : toks[j - 1].end]
+            req.profile.check_setting(req.user, toks[i].text, value)
+            assignments.append((toks[i].text, value))
+            i = j + 1
+        if session is not None:
+            session.settings.update(assignments)
 
     def _query(self, conn: Any, req: QueryRequest, out_format: str) -> QueryResult:
         sql = req.raw.decode("utf-8")
@@ -337,6 +522,7 @@ class Engine:
         if self._closed:
             return
         self._closed = True
+        self.restricted_executor.shutdown(wait=True)
         self.executor.shutdown(wait=True)
         with self._idle_lock:
             idle, self._idle = self._idle, []

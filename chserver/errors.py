@@ -23,6 +23,8 @@ ZSTD_DECODER_FAILED = 561
 LZ4_DECODER_FAILED = 618
 SESSION_NOT_FOUND = 372
 SESSION_IS_LOCKED = 373
+TOO_MANY_SIMULTANEOUS_QUERIES = 202
+QUERY_WAS_CANCELLED = 394
 STD_EXCEPTION = 1001
 
 _NAMES = {
@@ -40,6 +42,8 @@ _NAMES = {
     LZ4_DECODER_FAILED: "LZ4_DECODER_FAILED",
     SESSION_NOT_FOUND: "SESSION_NOT_FOUND",
     SESSION_IS_LOCKED: "SESSION_IS_LOCKED",
+    TOO_MANY_SIMULTANEOUS_QUERIES: "TOO_MANY_SIMULTANEOUS_QUERIES",
+    QUERY_WAS_CANCELLED: "QUERY_WAS_CANCELLED",
     STD_EXCEPTION: "STD_EXCEPTION",
 }
 
@@ -61,6 +65,7 @@ _HTTP_STATUS: dict[int, int] = {
     76: 503,  # CANNOT_OPEN_FILE
     381: 411,  # HTTP_LENGTH_REQUIRED
     159: 408,  # TIMEOUT_EXCEEDED
+    202: 503,  # TOO_MANY_SIMULTANEOUS_QUERIES (retry later)
     439: 503,  # CANNOT_SCHEDULE_TASK
     779: 415,  # UNSUPPORTED_MEDIA_TYPE
 }
@@ -80,10 +85,11 @@ class ClickHouseError(Exception):
         self.code = code
         self.message = message
         self.name = _NAMES.get(code, "") if name is None else name
+        self.status_override: int | None = None
 
     @property
     def http_status(self) -> int:
-        return http_status_for(self.code)
+        return self.status_override or http_status_for(self.code)
 
     def body(self, version: str) -> str:
         text = f"Code: {self.code}. DB::Exception: {self.message}"

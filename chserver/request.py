@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from chserver.auth import User
 from chserver.engine import QueryRequest
-from chserver.errors import BAD_ARGUMENTS, NOT_IMPLEMENTED, ClickHouseError
+from chserver.errors import BAD_ARGUMENTS, NOT_IMPLEMENTED, READONLY, ClickHouseError
 
 # URL parameters handled by the HTTP layer (ClickHouse's HTTPHandler and clickhouse-connect's transport set).
 PROTOCOL_PARAMS = frozenset(
@@ -54,7 +54,11 @@ def build_query_request(
         elif key not in PROTOCOL_PARAMS:
             if not _SETTING_NAME.match(key):
                 raise ClickHouseError(BAD_ARGUMENTS, f"Invalid setting name in the URL: {key!r}")
+            user.profile.check_setting(user.name, key, value)
             settings[key] = value
+    database = params.get("database") or None
+    if database is not None:
+        user.profile.check_database(user.name, database)
 
     # GET requests and the read-only user can only read (readonly=2, as in ClickHouse); a client may
     # ask for the stricter readonly=1 but never relax it.
@@ -62,17 +66,19 @@ def build_query_request(
     requested = params.get("readonly", "0").strip()
     if requested not in ("", "0"):
         readonly = 1 if requested == "1" else 2
+    elif requested == "0" and "readonly" in params and user.profile.restricted:
+        raise ClickHouseError(READONLY, f"{user.name}: Cannot modify 'readonly' setting in readonly mode")
     if (method == "GET" or user.readonly) and readonly == 0:
         readonly = 2
     return QueryRequest(
         raw=raw,
         user=user.name,
-        database=params.get("database") or None,
+        database=database,
         default_format=params.get("default_format") or None,
         settings=settings,
         params=bind,
         readonly=readonly,
-        restricted_functions=user.readonly,
+        profile=user.profile,
         session_id=params.get("session_id") or None,
         session_timeout=_session_timeout(params.get("session_timeout")),
         session_check=params.get("session_check", "0") in _TRUE,

@@ -30,6 +30,9 @@ def serve(
     databases: tuple[str, ...] = (),
     max_concurrent_queries: int = 16,
     log_level: str = "warning",
+    cors_origins: str = "",
+    login_failures_per_minute: int = 10,
+    restricted_slots: int = 0,
 ) -> None:
     """Blocking: serve until a signal asks to stop. Raises DataDirInUseError before binding if the dir is taken."""
     received: list[int] = []
@@ -42,9 +45,11 @@ def serve(
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        engine = Engine(data_dir, max_concurrent_queries=max_concurrent_queries, databases=databases)
+        engine = Engine(
+            data_dir, max_concurrent_queries=max_concurrent_queries, databases=databases, restricted_slots=restricted_slots
+        )
         try:
-            app = create_app(engine, users)
+            app = create_app(engine, users, cors_origins=cors_origins, login_failures_per_minute=login_failures_per_minute)
             config = uvicorn.Config(
                 app,
                 host=host,

@@ -2,7 +2,8 @@
 
 The engine parses the SQL for real; this only needs to be right about what the HTTP layer decides:
 which output format to announce, where an INSERT's head ends and its (possibly binary) data begins,
-whether a statement is read-only, and that a request holds a single statement. Strings, quoted
+whether a statement is read-only, and that a request holds a single statement. Access control
+does not rely on this lexer: restricted users are checked on ClickHouse's own parse (chserver.access). Strings, quoted
 identifiers and comments are skipped so that a ``FORMAT`` or ``;`` inside them is not mistaken.
 """
 
@@ -18,7 +19,7 @@ _TOKEN = re.compile(
     r"""
     (?P<ws>\s+)
   | (?P<comment>--[^\n]*|\#[^\n]*|/\*.*?\*/)
-  | (?P<str>'(?:[^'\\]|\\.|'')*')
+  | (?P<str>'(?:[^'\\]|\\.|'')*'|\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*|)\$.*?\$(?P=tag)\$)
   | (?P<qid>`(?:[^`\\]|\\.|``)*`|"(?:[^"\\]|\\.|"")*")
   | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
   | (?P<num>[0-9][0-9A-Za-z_.]*)
@@ -32,17 +33,6 @@ _TOKEN = re.compile(
 
 # Statements a read-only user may run (readonly=2 semantics: reads and session settings).
 READ_ONLY_KINDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "SET", "USE", "("})
-
-# Table functions that read or write the server's files, network or processes: never for read-only users.
-RESTRICTED_FUNCTIONS = frozenset(
-    {
-        "file", "url", "urlcluster", "s3", "s3cluster", "gcs", "azureblobstorage", "azureblobstoragecluster",
-        "hdfs", "hdfscluster", "remote", "remotesecure", "cluster", "clusterallreplicas", "mysql", "postgresql",
-        "mongodb", "redis", "sqlite", "odbc", "jdbc", "executable", "executablepool", "python", "input",
-        "iceberg", "icebergs3", "deltalake", "hudi", "filecluster", "fuzzjson", "fuzzquery", "loop",
-    }
-)  # fmt: skip
-
 
 @dataclass(frozen=True)
 class Token:
@@ -81,7 +71,6 @@ class Statement:
     head_end: int = 0  # INSERT: offset of the FORMAT keyword (the head is text[:head_end])
     data_start: int = 0  # INSERT: offset where the data begins
     temporary: bool = False  # CREATE TEMPORARY …: state that must not outlive the request
-    functions: frozenset[str] = frozenset()  # lower-cased names called as f(…)
     into_outfile: bool = False  # SELECT … INTO OUTFILE / INSERT … FROM INFILE (client-side features)
 
 
@@ -111,7 +100,6 @@ def analyze(text: str, formats: dict[str, str]) -> Statement:
     prev: Token = first
     second: Token | None = None
     output_format: str | None = None
-    functions: set[str] = set()
     outfile = False
     temporary = False
     after_semicolon = False
@@ -122,8 +110,6 @@ def analyze(text: str, formats: dict[str, str]) -> Statement:
             second = tok
             temporary = kind == "CREATE" and tok.kind == "word" and tok.text.upper() == "TEMPORARY"
         upper = tok.text.upper() if tok.kind == "word" else ""
-        if tok.kind == "open" and tok.text == "(" and prev.kind == "word":
-            functions.add(prev.text.lower())
         if prev.kind == "word" and tok.kind == "word":
             pair = (prev.text.upper(), upper)
             if pair in (("INTO", "OUTFILE"), ("FROM", "INFILE")):
@@ -134,11 +120,10 @@ def analyze(text: str, formats: dict[str, str]) -> Statement:
                 insert_format=formats.get(tok.text.lower(), tok.text),
                 head_end=prev.start,
                 data_start=_data_start(text, tok.end),
-                functions=frozenset(functions),
             )
         if kind == "INSERT" and tok.depth == 0 and upper in ("VALUES", "SELECT", "WITH") and not outfile:
             # Inline data or a query: the whole text is SQL. VALUES data may be large: stop lexing here.
-            return Statement(kind=kind, functions=frozenset(functions))
+            return Statement(kind=kind)
         if tok.kind == "semi" and tok.depth == 0:
             after_semicolon = True
         elif (
@@ -154,6 +139,5 @@ def analyze(text: str, formats: dict[str, str]) -> Statement:
         kind=kind,
         output_format=output_format,
         temporary=temporary,
-        functions=frozenset(functions),
         into_outfile=outfile,
     )

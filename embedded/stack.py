@@ -5,6 +5,12 @@ ClickHouse-compatible server, collector, consumer, Dagster; the broker and the s
 variables point at this machine) and stop in reverse order on Ctrl-C
 or SIGTERM. Every port is checked before anything starts, so a taken port refuses cleanly
 instead of leaving half a stack running.
+
+Each child runs in its own process group (embedded.procs): stopping a component sends SIGTERM to
+its whole group, waits up to ``STACK_STOP_GRACE_SECONDS``, then SIGKILLs whatever of the group is
+left (Dagster's webserver, daemon, code servers, run workers) and prints what had to be killed.
+To add a component: write a factory ``(settings, logs_dir) -> Component | None`` (usually a
+:class:`ChildProcess` wrapped by :func:`child_component`) and list it in ``COMPONENT_FACTORIES``.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from embedded.broker import EmbeddedBroker, ensure_topics, require_free_port, wait_for_tcp
+from embedded.broker import EmbeddedBroker, ensure_topics, port_is_free, require_free_port, wait_for_tcp
+from embedded.procs import Member, open_log, popen_group, stop_group
 from eventpipe_core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,14 +35,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Component:
-    """A stack member: how to start it, how to know it is ready, where it listens."""
+    """A stack member: how to start it, how to know it is ready, where it listens.
+    ``stop`` may return the processes it had to kill (they are reported)."""
 
     name: str
     host: str
     port: int
     endpoint: str
     start: Callable[[], None]
-    stop: Callable[[], None]
+    stop: Callable[[], list[Member] | None]
     alive: Callable[[], bool]
 
 
@@ -51,12 +59,12 @@ class ChildProcess:
     env: dict[str, str] | None = None
     ready: Callable[[], bool] | None = None
     timeout: float = 60.0
+    stop_grace: float = 20.0
     proc: subprocess.Popen | None = field(default=None, init=False)
 
     def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-        self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        with open_log(self.log_path) as out:  # the child keeps its own copy of the descriptor
+            self.proc = popen_group(self.cmd, stdout=out, stderr=subprocess.STDOUT, env=self.env)
         wait_for_tcp(self.host, self.port, self.timeout, self.proc)
         if self.ready is not None:
             deadline = time.monotonic() + self.timeout
@@ -65,15 +73,11 @@ class ChildProcess:
                     raise RuntimeError(f"{self.name} did not become ready; see {self.log_path}")
                 time.sleep(0.2)
 
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    def stop(self) -> list[Member]:
+        """Stop the whole process group (even if the leader already exited: its children may not have)."""
+        if self.proc is None:
+            return []
+        return stop_group(self.proc, self.stop_grace, self.name)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -132,6 +136,7 @@ def chserver_component(settings: Settings, logs: Path) -> Component | None:
         host=target.host,
         port=target.port,
         log_path=logs / "chserver.log",
+        stop_grace=settings.stack_stop_grace_seconds,
         ready=lambda: _http_ok(f"{target.http_url}/ping"),
     )
     return child_component(proc, f"{target.http_url}  database {target.database}")
@@ -146,6 +151,7 @@ def dagster_component(settings: Settings, logs: Path) -> Component | None:
         host=host,
         port=port,
         log_path=logs / "dagster.log",
+        stop_grace=settings.stack_stop_grace_seconds,
         ready=lambda: _http_ok(f"http://{host}:{port}/server_info"),
         timeout=240.0,
     )
@@ -161,6 +167,7 @@ def collector_component(settings: Settings, logs: Path) -> Component | None:
         host=host,
         port=port,
         log_path=logs / "collector.log",
+        stop_grace=settings.stack_stop_grace_seconds,
         ready=lambda: _http_ok(f"http://{host}:{port}/healthz"),
         timeout=120.0,
     )
@@ -180,10 +187,27 @@ def consumer_component(settings: Settings, logs: Path) -> Component | None:
         host=host,
         port=port,
         log_path=logs / "consumer.log",
+        stop_grace=settings.stack_stop_grace_seconds,
         ready=lambda: _metrics_ready(f"http://{host}:{port}/metrics"),
         timeout=120.0,
     )
     return child_component(proc, f"{settings.kafka_events_topic} -> {settings.lake_url}  metrics http://{host}:{port}/metrics")
+
+
+def query_api_component(settings: Settings, logs: Path) -> Component | None:
+    """The analytics API (`eventpipe query-api`, Amplitude Dashboard REST API shapes), ready when /healthz answers."""
+    host, port = settings.query_api_host, settings.query_api_port
+    proc = ChildProcess(
+        name="query API",
+        cmd=eventpipe_command("query-api", "--host", host, "--port", str(port)),
+        host=host,
+        port=port,
+        log_path=logs / "query-api.log",
+        stop_grace=settings.stack_stop_grace_seconds,
+        ready=lambda: _http_ok(f"http://{host}:{port}/healthz"),
+        timeout=120.0,
+    )
+    return child_component(proc, f"http://{host}:{port}/api/2/  (docs /docs, HTTP Basic api_key:secret_key)")
 
 
 def _metrics_ready(url: str) -> bool:
@@ -198,7 +222,7 @@ def _metrics_ready(url: str) -> bool:
 
 # Later components register here: name -> factory(settings, logs_dir) -> Component | None.
 COMPONENT_FACTORIES: list[Callable[[Settings, Path], Component | None]] = [
-    broker_component, chserver_component, collector_component, consumer_component,
+    broker_component, chserver_component, collector_component, consumer_component, query_api_component,
     dagster_component,  # Dagster stays last: it loads everything else
 ]
 
@@ -236,13 +260,23 @@ class Stack:
             raise
 
     def stop(self, echo: Callable[[str], None] = print) -> None:
+        """Stop in reverse order; say which processes had to be killed and which ports are still taken."""
+        stopped = []
         while self.started:
             c = self.started.pop()
+            stopped.append(c)
             try:
-                c.stop()
-                echo(f"  stopped {c.name}")
+                killed = c.stop() or []
+                if killed:
+                    echo(f"  stopped {c.name} — had to kill after {self.settings.stack_stop_grace_seconds}s: "
+                         f"{', '.join(map(str, killed))}")
+                else:
+                    echo(f"  stopped {c.name}")
             except Exception as exc:  # noqa: BLE001 - keep stopping the rest
                 echo(f"  error stopping {c.name}: {exc}")
+        for c in stopped:
+            if not port_is_free(c.host, c.port):
+                echo(f"  warning: {c.host}:{c.port} ({c.name}) is still in use after stopping")
 
     def wait(self, echo: Callable[[str], None] = print) -> None:
         """Block until Ctrl-C / SIGTERM, or until a component dies."""

@@ -73,6 +73,14 @@ def config() -> None:
     for name, value in settings.model_dump().items():
         shown = "****" if ("password" in name or "secret" in name) and value else value
         console.print(f"{name.upper():32} {shown}")
+    if settings.clickhouse_embedded and settings.chserver_generate_password:
+        ch = settings.clickhouse_url
+        console.print(
+            f"\nchserver users: the writer ({settings.clickhouse.user}) and the service user "
+            f"({settings.clickhouse_service_user or 'disabled'}) have generated passwords in "
+            f"{settings.chserver_credentials_file} (mode 0600) unless CLICKHOUSE_URL / CLICKHOUSE_SERVICE_PASSWORD set one; "
+            f"BI tools: {settings.clickhouse_readonly_user} / CLICKHOUSE_READONLY_PASSWORD ({ch.split('@')[-1]})"
+        )
 
 
 def _register_subcommands() -> None:
@@ -85,6 +93,7 @@ def _register_subcommands() -> None:
         "ingest_consumer.cli",
         "orchestration.cli",
         "orchestration.dbt.cli",
+        "query_service.cli",
         "eventpipe_cli.demo",
     ):
         try:

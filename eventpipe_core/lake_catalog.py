@@ -8,6 +8,18 @@ else under ``raw/events/`` is a leftover of a crashed or fenced attempt.
 
 This module is the read side (used by `eventpipe lake files`, the Dagster sensor and assets, Spark)
 plus the record type and key layout the writer uses.
+
+Compaction (``enrichment.compaction``) rewrites one (Kafka partition, event hour)'s visible objects
+into one object and creates a **compaction record** at
+``raw/events/_compactions/event_date=…/event_hour=…/p=<partition>/<generation>.json`` (conditional
+create, generation g+1 after g) naming the new object and the keys it *replaces*. What a reader sees
+of an hour is then: the objects of the commit records, plus the objects of the compaction records,
+minus every replaced key. A compacted object holds the rows of the objects it replaces and their
+``ingested_at`` (the commit time of each row's batch) as a column. Readers must read the commit
+records **before** the compaction records (:func:`hour_objects` does): a compaction seen then only
+replaces objects committed earlier, so no row is seen twice or missed. Replaced objects are deleted
+only once their compaction record is older than a retention period, so a reader that listed them
+just before the compaction can still read them.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from eventpipe_core.lake_store import LakeStore
 
 RAW_PREFIX = "raw/events/"
 COMMITS_PREFIX = "raw/events/_commits/"
+COMPACTIONS_PREFIX = "raw/events/_compactions/"
 ENRICHED_PREFIX = "enriched/events/"
 
 
@@ -151,17 +164,84 @@ def last_commit(lake: LakeStore, kafka_partition: int) -> CommitRecord | None:
     return CommitRecord.from_json(lake.get(keys[-1])) if keys else None
 
 
-def committed_objects(
+def compaction_key(event_date: str, event_hour: str, kafka_partition: int, generation: int) -> str:
+    return f"{hour_dir(COMPACTIONS_PREFIX, event_date, event_hour)}p={kafka_partition:05d}/{generation:012d}.json"
+
+
+@dataclass(frozen=True)
+class CompactionRecord:
+    """One rewrite of a (Kafka partition, event hour): ``object`` replaces the objects ``replaces``."""
+
+    kafka_partition: int
+    event_date: str
+    event_hour: str
+    generation: int  # 0, 1, … per (partition, hour); g+1 is created only after g
+    object: LandedObject
+    replaces: tuple[str, ...]
+    start_offset: int  # smallest Kafka offset among the rows (informational)
+    end_offset: int  # largest + 1
+    created_at_ms: int
+    writer_id: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return compaction_key(self.event_date, self.event_hour, self.kafka_partition, self.generation)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> CompactionRecord:
+        body = json.loads(data)
+        return cls(object=LandedObject(**body.pop("object")), replaces=tuple(body.pop("replaces")), **body)
+
+
+def iter_compaction_records(lake: LakeStore, event_date: str | None = None,
+                            event_hour: str | None = None) -> Iterator[CompactionRecord]:
+    """Compaction records (of one day / hour when given), per hour and partition in generation order."""
+    prefix = COMPACTIONS_PREFIX
+    if event_date is not None:
+        prefix = hour_dir(COMPACTIONS_PREFIX, event_date, event_hour) if event_hour is not None else \
+            f"{COMPACTIONS_PREFIX}event_date={event_date}/"
+    keys = [k for k in lake.list(prefix) if k.endswith(".json")]
+    for key in sorted(keys, key=lambda k: (k.rsplit("/", 1)[0], _seq_of(k))):
+        yield CompactionRecord.from_json(lake.get(key))
+
+
+@dataclass(frozen=True)
+class VisibleObject:
+    """An object readers read: ``committed_at_ms`` is its batch's commit time (every row's ``ingested_at``),
+    None for a compacted object, which carries ``ingested_at`` as a column."""
+
+    object: LandedObject
+    kafka_partition: int
+    committed_at_ms: int | None
+
+
+def hour_objects(
     lake: LakeStore, event_date: str | None = None, event_hour: str | None = None,
-    records: Iterable[CommitRecord] | None = None,
-) -> list[LandedObject]:
-    """The landed objects readers may read, optionally for one day / hour, in a stable order."""
-    found: list[LandedObject] = []
+    records: Iterable[CommitRecord] | None = None, compactions: Iterable[CompactionRecord] | None = None,
+) -> list[VisibleObject]:
+    """What readers see (of one day / hour): committed objects, compactions applied, in key order.
+
+    ``records`` are read (or were read by the caller) before ``compactions``: see the module docstring."""
+    found: dict[str, VisibleObject] = {}
     for record in records if records is not None else iter_commit_records(lake):
         for obj in record.objects:
-            if event_date is not None and obj.event_date != event_date:
-                continue
-            if event_hour is not None and obj.event_hour != event_hour:
-                continue
-            found.append(obj)
-    return sorted(found, key=lambda o: o.key)
+            if (event_date is None or obj.event_date == event_date) and (event_hour is None or obj.event_hour == event_hour):
+                found[obj.key] = VisibleObject(obj, record.kafka_partition, record.committed_at_ms)
+    replaced: set[str] = set()
+    for comp in compactions if compactions is not None else iter_compaction_records(lake, event_date, event_hour):
+        if (event_date is None or comp.event_date == event_date) and (event_hour is None or comp.event_hour == event_hour):
+            found[comp.object.key] = VisibleObject(comp.object, comp.kafka_partition, None)
+            replaced.update(comp.replaces)
+    return [found[k] for k in sorted(found) if k not in replaced]
+
+
+def committed_objects(
+    lake: LakeStore, event_date: str | None = None, event_hour: str | None = None,
+    records: Iterable[CommitRecord] | None = None, compactions: Iterable[CompactionRecord] | None = None,
+) -> list[LandedObject]:
+    """The objects readers may read, optionally for one day / hour, in a stable order (compactions applied)."""
+    return [v.object for v in hour_objects(lake, event_date, event_hour, records, compactions)]

@@ -64,6 +64,24 @@ class Settings(BaseSettings):
     clickhouse_ttl_days: int = Field(default=90, ge=1)
     chserver_data_dir: Path | None = None  # default: $EVENTPIPE_HOME/clickhouse
 
+    # --- chserver (embedded ClickHouse): users, credentials, limits ------------------------------
+    # Passwords generated at first start (mode 0600) for the writer and the service user when
+    # CLICKHOUSE_URL points at this machine without a password; every eventpipe component uses them.
+    chserver_credentials_file: Path | None = None  # default: $EVENTPIPE_HOME/chserver-credentials
+    chserver_generate_password: bool = True  # False: a local CLICKHOUSE_URL without password means no password
+    # Trusted read-only service user (the query service): reader rules plus file()/s3() on the lake only.
+    clickhouse_service_user: str = "query_service"  # "" = no service user
+    clickhouse_service_password: str | None = None  # default: generated into the credentials file
+    chserver_reader_databases: str = ""  # extra databases readers may read (the URL's database, system are always in)
+    chserver_reader_max_execution_time: int = Field(default=60, ge=1)  # seconds, per query
+    chserver_reader_max_memory_usage: int = Field(default=4 << 30, ge=0)  # bytes, per query; 0 = unlimited
+    chserver_reader_max_rows_to_read: int = Field(default=0, ge=0)  # 0 = unlimited
+    chserver_reader_max_result_rows: int = Field(default=0, ge=0)  # 0 = unlimited
+    chserver_reader_max_concurrent_queries: int = Field(default=8, ge=1)  # per restricted user; more get code 202
+    chserver_service_max_execution_time: int = Field(default=300, ge=1)
+    chserver_cors_origins: str = ""  # comma-separated browser origins allowed to query ("*" = any); default none
+    chserver_login_failures_per_minute: int = Field(default=10, ge=1)  # per client address, then 429
+
     # --- metadata, Dagster -------------------------------------------------------------------
     metadata_db_url: str | None = None  # default: sqlite:///$EVENTPIPE_HOME/metadata.db
     dagster_home: Path | None = None  # default: $EVENTPIPE_HOME/dagster
@@ -109,6 +127,11 @@ class Settings(BaseSettings):
     spark_backfill_buckets: int = Field(default=0, ge=0)  # session-key buckets (Spark tasks); 0 = default parallelism
     spark_submit_conf: str = ""  # extra `key=value` Spark settings, whitespace-separated (cluster, s3a, memory)
 
+    # --- lake compaction (enrichment.compaction, the raw_events_compaction asset) ---------------
+    lake_compaction_closed_after_s: float = Field(default=3600.0, ge=0)  # hours are compacted this long after they end
+    lake_compaction_retain_s: float = Field(default=3600.0, ge=0)  # replaced objects outlive their compaction this long
+    lake_compaction_cron: str = "15 * * * *"  # schedule of the compaction asset (UTC)
+
     # --- orchestration (Dagster assets, sensors, SLAs) ---------------------------------------
     dagster_partitions_start: str = "2024-01-01"  # first hourly/daily partition (UTC date)
     session_timeout_minutes: int = Field(default=30, ge=1)  # inactivity gap that starts a new session
@@ -121,6 +144,19 @@ class Settings(BaseSettings):
     marts_freshness_fail_hours: int = Field(default=26, ge=1)  # daily marts SLA
     marts_freshness_warn_hours: int = Field(default=25, ge=1)
     backfill_max_partitions_per_run: int = Field(default=24, ge=1)  # hours per backfill run
+    # --- orchestration: complete days (issue 12) ---------------------------------------------
+    # A day is complete this long after its end (UTC): the landing sensor then loads its hours with nothing
+    # landed as empty, so the day's marts can build. Late events after that still re-load their hour.
+    landing_window_seconds: int = Field(default=300, ge=0)
+    # --- embedded stack: stopping (issue 12) ---------------------------------------------------
+    # `eventpipe up`: SIGTERM a component's process group, then SIGKILL what is left after this long.
+    stack_stop_grace_seconds: float = Field(default=20.0, ge=0)
+
+    # --- query service (query_service/: the Amplitude-compatible analytics API) --------------------
+    query_api_host: str = "127.0.0.1"
+    query_api_port: int = Field(default=8090, ge=1, le=65535)
+    query_max_execution_s: float = Field(default=60.0, gt=0)  # per ClickHouse query of the API
+    query_auth_cache_s: float = Field(default=5.0, ge=0)  # how long a verified api_key:secret_key stays trusted
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -205,6 +241,8 @@ class Settings(BaseSettings):
             self.dagster_home = home / "dagster"
         if self.chserver_data_dir is None:
             self.chserver_data_dir = home / "clickhouse"
+        if self.chserver_credentials_file is None:
+            self.chserver_credentials_file = home / "chserver-credentials"
         return self
 
     # --- derived views -----------------------------------------------------------------------
@@ -213,8 +251,42 @@ class Settings(BaseSettings):
         return self.kafka_bootstrap_servers.split(",")
 
     @property
+    def clickhouse_embedded(self) -> bool:
+        """CLICKHOUSE_URL points at this machine: the embedded chserver (started by the stack)."""
+        return (urlsplit(self.clickhouse_url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+    @property
     def clickhouse(self) -> ClickHouseTarget:
-        return ClickHouseTarget.from_url(self.clickhouse_url)
+        """CLICKHOUSE_URL; for the embedded server without a password in the URL, the generated one."""
+        return self.clickhouse_for(self.clickhouse_url)
+
+    def clickhouse_for(self, url: str) -> ClickHouseTarget:
+        """A ClickHouse URL (e.g. a Dagster resource's, kept without secrets) with the generated password filled in."""
+        target = ClickHouseTarget.from_url(url)
+        local = (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+        if not target.password and local and self.chserver_generate_password:
+            assert self.chserver_credentials_file is not None
+            target.password = ensure_credentials(self.chserver_credentials_file, [target.user])[target.user]
+        return target
+
+    @property
+    def clickhouse_service_target(self) -> ClickHouseTarget | None:
+        """How a trusted read-only service (the query service) connects: the service user, or None if disabled."""
+        if not self.clickhouse_service_user:
+            return None
+        base = self.clickhouse
+        password = self.clickhouse_service_password
+        if password is None:
+            password = self.chserver_credentials()[self.clickhouse_service_user]
+        return ClickHouseTarget(base.host, base.port, self.clickhouse_service_user, password, base.database, base.secure)
+
+    def chserver_credentials(self) -> dict[str, str]:
+        """``user -> password`` from the credentials file, generating missing ones (mode 0600, under a lock)."""
+        wanted = [ClickHouseTarget.from_url(self.clickhouse_url).user]
+        if self.clickhouse_service_user and self.clickhouse_service_password is None:
+            wanted.append(self.clickhouse_service_user)
+        assert self.chserver_credentials_file is not None
+        return ensure_credentials(self.chserver_credentials_file, wanted)
 
 
 class ClickHouseTarget:
@@ -249,6 +321,50 @@ def sqlalchemy_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg2://" + url[len(prefix):]
     return url
+
+
+def _read_credentials(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        name, sep, password = line.partition(":")
+        if sep and name and not line.startswith("#"):
+            out[name] = password
+    return out
+
+
+def ensure_credentials(path: Path, users: list[str]) -> dict[str, str]:
+    """The credentials file as a dict; users missing from it get a generated password (written atomically, 0600).
+
+    Every process may be the first to start (chserver, Dagster, dbt, the CLI): an fcntl lock on a
+    sibling file makes exactly one of them generate, and the others read what it wrote.
+    """
+    import fcntl
+    import os
+    import secrets
+
+    if path.exists():
+        known = _read_credentials(path)
+        if all(u in known for u in users):
+            return known
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        known = _read_credentials(path) if path.exists() else {}
+        missing = [u for u in users if u not in known]
+        if missing:
+            for user in missing:
+                known[user] = secrets.token_urlsafe(24)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write("# chserver users (user:password), generated by eventpipe; keep this file private\n")
+                f.writelines(f"{u}:{p}\n" for u, p in known.items())
+            os.replace(tmp, path)
+        return known
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -1,6 +1,6 @@
 """Assembles the Dagster ``Definitions`` from one module per system, resources from settings.
 
-    lake/        raw_events (landed batches, external) -> enriched_events (hourly Parquet)
+    lake/        raw_events (landed batches, external) -> enriched_events (hourly Parquet); raw_events_compaction
     quality/     blocking great-expectations checks on enriched_events
     clickhouse/  clickhouse_events (hourly REPLACE PARTITION into analytics.events)
     sensors/     landing sensor (new + late hours), daily catch-up schedule, hourly job
@@ -8,6 +8,12 @@
 
 ``orchestration.definitions.defs`` (the code location) is ``build_definitions()`` with the process
 settings; tests call :func:`build_definitions` with their own settings and ``include_dbt=False``.
+
+Every asset job runs in-process (``executor=in_process_executor``): the runs that asset backfills from
+the UI, automation and the funnel backfills launch (Dagster's implicit asset job) would otherwise use
+the multiprocess executor — a process and ~25 s of imports per step here (DESIGN §10) — while their
+steps run one after another anyway. Backfill policies cut hourly ranges into runs of
+``BACKFILL_MAX_PARTITIONS_PER_RUN`` hours and the marts into one dbt run per range.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import dagster as dg
 from eventpipe_core.settings import Settings, get_settings
 from orchestration.clickhouse.assets import build_clickhouse_events
 from orchestration.lake.assets import build_enriched_events, raw_events_spec
+from orchestration.lake.compaction import build_compaction
 from orchestration.quality.checks import build_enriched_checks
 from orchestration.resources import build_resources
 from orchestration.sensors.landing import build_catchup_schedule, build_landing_sensor, hourly_events_job
@@ -51,10 +58,11 @@ def build_definitions(settings: Settings | None = None, include_dbt: bool = True
     job = hourly_events_job(settings)
     extra = dbt_definitions(settings) if include_dbt else None
     resources = build_resources(settings)
+    compaction, compaction_schedule = build_compaction(settings)
     if extra is not None and extra.resources:
         resources = {k: v for k, v in resources.items() if k not in extra.resources}
     core = dg.Definitions(
-        assets=[raw_events_spec(settings), build_enriched_events(settings), build_clickhouse_events(settings)],
+        assets=[raw_events_spec(settings), build_enriched_events(settings), build_clickhouse_events(settings), compaction],
         asset_checks=build_enriched_checks(settings),
         jobs=[job],
         sensors=[
@@ -66,8 +74,9 @@ def build_definitions(settings: Settings | None = None, include_dbt: bool = True
                 "(late ones included), stale partitions after a freshness breach.",
             ),
         ],
-        schedules=[build_catchup_schedule(settings, job)],
+        schedules=[build_catchup_schedule(settings, job), compaction_schedule],
         resources=resources,
+        executor=dg.in_process_executor,
     )
     return dg.Definitions.merge(core, extra) if extra is not None else core
 

@@ -1,4 +1,5 @@
-"""`eventpipe dagster`: the Dagster webserver + daemon (``dagster dev -w workspace.yaml``) for this stack."""
+"""`eventpipe dagster`: the Dagster webserver + daemon (``dagster dev -w workspace.yaml``) for this stack;
+`eventpipe backfill`: an asset backfill of event hours through it."""
 
 from __future__ import annotations
 
@@ -77,3 +78,32 @@ def register(app: typer.Typer) -> None:
         os.chdir(REPO_ROOT)
         # exec: SIGTERM/SIGINT from `eventpipe up` reach `dagster dev` itself, which stops webserver and daemon
         os.execve(cmd[0], cmd, env)
+
+    @app.command("backfill")
+    def backfill(
+        start: str = typer.Option(..., "--from", help="first hour (2026-01-01-00:00) or day (2026-01-01)"),
+        end: str = typer.Option(..., "--to", help="last hour (2026-01-07-23:00) or day (its 23:00 hour), inclusive"),
+    ) -> None:
+        """Re-enrich and re-load a range of event hours as one Dagster asset backfill (needs `eventpipe up`)."""
+        from eventpipe_cli.main import settings_or_exit
+        from orchestration.backfill import HOURLY_ASSETS, DagsterUnavailable, hour_keys, launch_asset_backfill
+
+        settings = settings_or_exit()
+        try:
+            hours = hour_keys(start, end)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        url = f"http://127.0.0.1:{settings.dagster_port}"
+        try:
+            backfill_id = launch_asset_backfill(url, [list(a) for a in HOURLY_ASSETS], hours, f"hours {hours[0]} .. {hours[-1]}",
+                                                {"eventpipe/trigger": "cli-backfill"})
+        except DagsterUnavailable as exc:
+            typer.echo(f"error: {exc}: start the stack first (`eventpipe up`)", err=True)
+            raise typer.Exit(1) from None
+        except RuntimeError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        per_run = settings.backfill_max_partitions_per_run
+        typer.echo(f"backfill {backfill_id}: {len(hours)} hours in {-(-len(hours) // per_run)} run(s) of up to {per_run} "
+                   f"hours, in-process — {url}/runs/b/{backfill_id}")

@@ -13,10 +13,10 @@ from typing import Any
 import dagster as dg
 from pydantic import PrivateAttr
 
+from enrichment.rules import EnrichmentConfig
 from eventpipe_core.lake_store import LakeStore, open_lake
 from eventpipe_core.settings import ClickHouseTarget, Settings, get_settings
 from orchestration.clickhouse.schema import SchemaPlan, ensure_plan
-from orchestration.enrichment.rules import EnrichmentConfig
 
 
 class ClickHouseResource(dg.ConfigurableResource):
@@ -29,7 +29,8 @@ class ClickHouseResource(dg.ConfigurableResource):
 
     @property
     def target(self) -> ClickHouseTarget:
-        return ClickHouseTarget.from_url(self.url)
+        """The URL's target; the embedded server's generated password is resolved here, never kept in run config."""
+        return get_settings().clickhouse_for(self.url)
 
     @property
     def plan(self) -> SchemaPlan:
@@ -88,7 +89,7 @@ class EnrichmentResource(dg.ConfigurableResource):
         return EnrichmentConfig(timedelta(minutes=self.session_timeout_minutes), self.bot_max_events_per_minute)
 
     def open_geoip(self):  # noqa: ANN201 - GeoIpDatabase | None
-        from orchestration.enrichment.geoip import open_geoip
+        from enrichment.geoip import open_geoip
 
         return open_geoip(Path(self.geoip_db_path) if self.geoip_db_path else None)
 

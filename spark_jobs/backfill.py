@@ -2,24 +2,24 @@
 
 Why this shape: enriching hour *h* needs the session state at the end of *h-1* and the identities
 learned up to *h-1*, so the hour chain is sequential. But both only ever depend on the **session
-key** (device, else user — :func:`orchestration.enrichment.rules.session_key`): sessions, identity
+key** (device, else user — :func:`enrichment.rules.session_keys`): sessions, identity
 stitching (device -> user) and the bot rate rule are all per device. So the job splits every hour by
 a stable hash of the session key into buckets and walks the hours in order *inside each bucket*,
-calling the very same :func:`~orchestration.enrichment.rules.enrich_hour` on the bucket's slice of
+calling the very same :func:`~enrichment.rules.enrich_hour` on the bucket's slice of
 the hour. Per-key state never crosses buckets, so the result equals the whole-hour call row for row.
 
 Stages (all on executors, each parallel):
 
-1. per hour: :func:`orchestration.lake.io.read_raw_hour` (committed objects only, ``ingested_at``
+1. per hour: :func:`enrichment.lake_io.read_raw_hour` (committed objects only, ``ingested_at``
    = commit time), global de-duplication by ``insert_id`` with
-   :func:`~orchestration.enrichment.rules.dedupe` (duplicates may carry different devices, so this
+   :func:`~enrichment.rules.dedupe_indices` (duplicates may carry different devices, so this
    must happen before the split), split into buckets;
 2. shuffle by bucket, sorted by hour; per bucket: walk the hours carrying session state and an
    :class:`IdentityLedger` (ClickHouse ``identity_map`` semantics: earliest ``(first_seen, user_id)``
    per device), ``enrich_hour`` per hour;
 3. shuffle by hour; per hour: merge the bucket slices in the output order of the rules
    (``event_time, insert_id`` — unique after de-duplication), :func:`to_parquet_bytes`,
-   :func:`orchestration.lake.io.write_enriched` (one object per hour, replaced whole).
+   :func:`enrichment.lake_io.write_enriched` (one object per hour, replaced whole).
 
 The driver lists commit records, loads the initial carry and identity map (inputs written by the
 Dagster asset), broadcasts them and collects per-hour stats and learned identities (small).
@@ -39,21 +39,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from eventpipe_core.lake_catalog import CommitRecord, hour_key
-from eventpipe_core.lake_store import LakeStore, open_lake
-from eventpipe_core.settings import load_settings
-from orchestration.enrichment.rules import (
+from enrichment.lake_io import carry_into, hour_parts, hours_between, load_commit_records, read_raw_hour, write_enriched
+from enrichment.rules import (
     ENRICHED_SCHEMA,
     EnrichmentConfig,
-    dedupe,
+    dedupe_indices,
     enrich_hour,
-    session_key,
+    session_keys,
     session_state_from_enriched,
     to_parquet_bytes,
 )
-from orchestration.lake.io import hour_parts, hours_between, load_commit_records, read_raw_hour, write_enriched
+from eventpipe_core.lake_catalog import CommitRecord, hour_key
+from eventpipe_core.lake_store import LakeStore, open_lake
+from eventpipe_core.settings import load_settings
 
 # Identity map input: ClickHouse identity_map reduced to the earliest (first_seen, user_id) per device.
 IDENTITY_SCHEMA = pa.schema([("device_id", pa.string()), ("user_id", pa.string()), ("first_seen_ms", pa.int64())])
@@ -203,14 +204,15 @@ def split_hour(index: int, hour: datetime, spec: BackfillSpec, records: list[Com
 
     The hour's raw stats ride on bucket 0, which always gets an item, so every hour reaches stage 3."""
     raw = read_raw_hour(spec.open_lake(), hour, records)
-    kept = dedupe(raw.select(_DEDUPE_COLUMNS).to_pandas())
-    stats = {"raw_rows": raw.num_rows, "duplicates": raw.num_rows - len(kept)}
+    rows = dedupe_indices(raw.select(_DEDUPE_COLUMNS))
+    stats = {"raw_rows": raw.num_rows, "duplicates": raw.num_rows - len(rows)}
     out: list[tuple[tuple[int, int], tuple[bytes | None, dict[str, int] | None]]] = []
     by_bucket: dict[int, np.ndarray] = {}
-    if len(kept):
-        b = session_key(kept).map(lambda k: bucket_of(k, buckets)).to_numpy()
-        rows = kept.index.to_numpy()
-        by_bucket = {int(x): np.sort(rows[b == x]) for x in np.unique(b)}
+    if len(rows):
+        keys = pc.dictionary_encode(session_keys(raw.select(_DEDUPE_COLUMNS).take(pa.array(rows))))
+        per_key = np.array([bucket_of(k, buckets) for k in keys.dictionary.to_pylist()], dtype=np.int64)  # once per key
+        b = per_key[keys.indices.to_numpy(zero_copy_only=False)]
+        by_bucket = {int(x): rows[b == x] for x in np.unique(b)}
     for x in sorted(set(by_bucket) | {0}):
         data = to_ipc(raw.take(pa.array(by_bucket[x]))) if x in by_bucket else None
         out.append(((x, index), (data, stats if x == 0 else None)))
@@ -224,7 +226,7 @@ def enrich_buckets(items: Iterator[tuple[tuple[int, int], tuple[bytes | None, di
                    hours: list[datetime], spec: BackfillSpec, carry0: Carry, known: Mapping[str, tuple[int, str]],
                    ) -> Iterator[tuple[int, tuple[bytes | None, dict[str, int], bytes | None]]]:
     """Items sorted by (bucket, hour index) -> (hour index, (enriched slice, stats, learned identities))."""
-    from orchestration.enrichment.geoip import open_geoip
+    from enrichment.geoip import open_geoip
 
     config = spec.config
     geo = open_geoip(Path(spec.geoip_db_path) if spec.geoip_db_path else None)
@@ -239,7 +241,7 @@ def enrich_buckets(items: Iterator[tuple[tuple[int, int], tuple[bytes | None, di
             if i == 0:
                 carry = carry0
             elif prev[0] == i - 1 and prev[1] is not None:
-                carry = session_state_from_enriched(prev[1].to_pandas(), hour, config.session_timeout)
+                carry = session_state_from_enriched(prev[1], hour, config.session_timeout)
             else:  # the bucket had no rows in the previous hour: nothing can continue
                 carry = {}
             stats = dict(raw_stats or {})
@@ -306,9 +308,7 @@ def initial_carry(spec: BackfillSpec, records: list[CommitRecord]) -> Carry:
     """Session state entering the first hour: the carry file the asset wrote, else the asset's own rule."""
     if spec.carry_path:
         return read_carry(spec.carry_path)
-    from orchestration.lake.assets import _carry_into  # the in-process asset's rule, not a copy
-
-    return _carry_into(spec.open_lake(), spec.hours[0], records, spec.config)
+    return carry_into(spec.open_lake(), spec.hours[0], records, spec.config)  # the in-process asset's rule
 
 
 def run_backfill(spark: Any, spec: BackfillSpec, log: Callable[[str], None] = print) -> BackfillOutcome:

@@ -20,17 +20,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from dagster import AssetExecutionContext
 
+from enrichment.lake_io import hour_parts
 from eventpipe_core.lake_catalog import hour_key
 from eventpipe_core.settings import Settings
 from orchestration.clickhouse.load import write_identities
 from orchestration.clickhouse.schema import SchemaPlan, quote
-from orchestration.lake.io import hour_parts
 from spark_jobs.backfill import IDENTITY_SCHEMA, BackfillSpec, hour_range, write_carry
 
 Engine = Literal["auto", "in_process", "spark"]
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parent
-SHIPPED_PACKAGES = ("eventpipe_core", "orchestration", "spark_jobs")  # what executors import (as --py-files)
+SHIPPED_PACKAGES = ("eventpipe_core", "enrichment", "spark_jobs")  # what executors import (as --py-files)
 
 
 class EnrichedEventsConfig(dg.Config):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -27,14 +28,21 @@ class ChServer:
     log_path: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    # the writer's password, put in CLICKHOUSE_URL so every component of a test uses it (as on a real server)
+    password: str = field(default_factory=lambda: secrets.token_urlsafe(12))
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     @property
+    def auth(self) -> tuple[str, str]:
+        """The writer's (user, password), e.g. for ``httpx.Client(auth=…)``."""
+        return ("default", self.password)
+
+    @property
     def clickhouse_url(self) -> str:
-        return f"http://default:@{self.host}:{self.port}/analytics"
+        return f"http://default:{self.password}@{self.host}:{self.port}/analytics"
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

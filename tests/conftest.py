@@ -63,7 +63,11 @@ def s3_bucket(s3_server: str) -> str:
 @pytest.fixture(scope="session")
 def chserver(session_home: Path) -> Iterator[ChServer]:
     """`eventpipe chserver` as a subprocess: ``.url``, ``.host``, ``.port``, ``.clickhouse_url``."""
-    server = start_chserver(session_home / "clickhouse", log_path=session_home / "chserver.log")
+    # tests build marts in throw-away databases (dbt_…, t_…); readers may read those, never secret_db
+    server = start_chserver(
+        session_home / "clickhouse", log_path=session_home / "chserver.log",
+        extra_env={"CHSERVER_READER_DATABASES": "dbt_*,t_*"},
+    )
     yield server
     server.stop()
 

@@ -16,12 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from enrichment.lake_io import hour_parts
 from eventpipe_core.event_model import RAW_EVENT_SCHEMA, hour_partition
 from eventpipe_core.lake_catalog import RAW_PREFIX, CommitRecord, LandedObject, hour_dir, hour_key
 from eventpipe_core.lake_store import LakeStore, open_lake
 from eventpipe_core.settings import Settings, load_settings
 from orchestration.assemble import build_definitions
-from orchestration.lake.io import hour_parts
 from tests.chserver_support import ChServer
 
 CHROME_UA = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
@@ -110,15 +110,17 @@ def pkey(hour: datetime) -> str:
 
 
 @pytest.fixture(name="orch")
-def orch_fixture(tmp_path: Path, chserver: ChServer) -> Iterator[Env]:
-    """A temp lake, a fresh database on the session chserver, an ephemeral Dagster instance."""
+def orch_fixture(tmp_path: Path, chserver: ChServer, request: pytest.FixtureRequest) -> Iterator[Env]:
+    """A temp lake, a fresh database on the session chserver, an ephemeral Dagster instance
+    (``@pytest.mark.orch_settings(name=value)`` overrides settings)."""
     database = f"t_{uuid.uuid4().hex[:10]}"
-    settings = load_settings(
+    marker = request.node.get_closest_marker("orch_settings")
+    settings = load_settings(**(marker.kwargs if marker else {}),
         eventpipe_home=tmp_path, lake_url=(tmp_path / "lake").as_uri(),
         clickhouse_url=chserver.clickhouse_url.rsplit("/", 1)[0] + f"/{database}",
         geoip_db_path=write_geoip_db(tmp_path / "city.mmdb"), bot_max_events_per_minute=5,
     )
-    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="")
+    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password)
     with dg.DagsterInstance.ephemeral() as instance:
         yield Env(settings, build_definitions(settings, include_dbt=False), open_lake(settings), client, instance)
     client.command(f"DROP DATABASE IF EXISTS {database}")

@@ -23,6 +23,8 @@ UTC = dt.UTC
 
 def client(server: ChServer, **kwargs: object) -> Client:
     kwargs.setdefault("database", "analytics")
+    if kwargs.get("username", "default") == "default":
+        kwargs.setdefault("password", server.password)
     return clickhouse_connect.get_client(host=server.host, port=server.port, **kwargs)  # type: ignore[arg-type]
 
 
@@ -123,13 +125,13 @@ def test_settings_and_database_are_per_request_under_concurrency(chserver: ChSer
 
     def leaky_statements() -> None:
         # SET / USE statements in sessionless requests must not change later requests.
-        with httpx.Client(base_url=chserver.url) as h:
+        with httpx.Client(base_url=chserver.url, auth=chserver.auth) as h:
             while not stop.is_set():
                 h.post("/", content=b"SET max_block_size = 7")
                 h.post("/", content=f"USE {dbs[0]}".encode())
 
     def bare(i: int) -> None:
-        with httpx.Client(base_url=chserver.url) as h:
+        with httpx.Client(base_url=chserver.url, auth=chserver.auth) as h:
             for _ in range(60):
                 r = h.post("/", content=b"SELECT getSetting('max_block_size'), currentDatabase()")
                 if r.text != f"{default_block}\tdefault\n":

@@ -25,6 +25,7 @@ def dbt(project: Path, server: ChServer, database: str, *args: str) -> subproces
         CHSERVER_HOST=server.host,
         CHSERVER_PORT=str(server.port),
         CHSERVER_DATABASE=database,
+        CHSERVER_PASSWORD=server.password,
         DBT_PROFILES_DIR=str(project),
         DBT_SEND_ANONYMOUS_USAGE_STATS="false",
     )
@@ -51,7 +52,7 @@ def test_dbt_build_twice(chserver: ChServer, tmp_path: Path) -> None:
     project = tmp_path / "dbt_chserver"
     shutil.copytree(PROJECT, project)
     database = f"dbt_{uuid.uuid4().hex[:8]}"
-    ch = clickhouse_connect.get_client(host=chserver.host, port=chserver.port)
+    ch = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, password=chserver.password)
     ch.command(f"CREATE DATABASE {database}")
     ch.command(
         f"CREATE TABLE {database}.raw_events (event_id UInt64, event_type String, user_id String, "

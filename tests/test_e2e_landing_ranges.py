@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import dagster as dg
+import pytest
 
 from orchestration.sensors.landing import hour_ranges
 from tests.orchestration_support import (  # noqa: F401 - orch_fixture provides the `orch` fixture
@@ -29,6 +30,7 @@ def test_hour_ranges_split_gaps_and_cap_length() -> None:
     assert hour_ranges([], 24) == []
 
 
+@pytest.mark.orch_settings(landing_window_seconds=10**9)  # no day is complete: only the landed hours run
 def test_consecutive_hours_are_one_run_that_loads_each_hour(orch: Env) -> None:
     start = NOW_HOUR - timedelta(days=2)
     hours = [start + timedelta(hours=h) for h in range(3)]
@@ -52,7 +54,7 @@ def test_consecutive_hours_are_one_run_that_loads_each_hour(orch: Env) -> None:
         pkey(hours[0]): 2, pkey(hours[1]): 2, pkey(hours[2]): 3, pkey(lone): 1}
 
     job = orch.defs.resolve_job_def("hourly_events_job")
-    assert job.execute_in_process(instance=orch.instance, tags=request.tags).success
+    assert job.execute_in_process(instance=orch.instance, tags=request.tags, run_config=request.run_config).success
     assert [orch.hour_count(h) for h in hours] == [2, 2, 3]
     assert orch.hour_count(lone) == 0  # not part of the range
     materialized = orch.instance.get_materialized_partitions(dg.AssetKey("clickhouse_events"))

@@ -11,11 +11,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from enrichment.rules import ENRICHED_COLUMNS, enrich_hour, to_parquet_bytes
 from eventpipe_core.event_model import RAW_EVENT_SCHEMA
 from eventpipe_core.settings import load_settings
 from orchestration.clickhouse.load import load_hour, read_identity_map, write_identities
 from orchestration.clickhouse.schema import EVENT_COLUMNS, SchemaPlan, ensure_schema
-from orchestration.enrichment.rules import ENRICHED_COLUMNS, enrich_hour, to_parquet_bytes
 from tests.chserver_support import ChServer
 from tests.orchestration_support import raw_row
 
@@ -37,7 +37,7 @@ CONTRACT = (
 @pytest.fixture
 def database(chserver: ChServer) -> Iterator[tuple[str, object]]:
     name = f"t_{uuid.uuid4().hex[:10]}"
-    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="")
+    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password)
     yield name, client
     client.command(f"DROP DATABASE IF EXISTS {name}")
 

@@ -76,6 +76,9 @@ def describe(defs: dg.Definitions) -> dict[str, Any]:
         "sensors": sorted((s.name, str(s.default_status)) for s in defs.sensors or []),
         "schedules": sorted((s.name, s.cron_schedule, str(s.default_status)) for s in defs.schedules or []),
         "resources": sorted(defs.resources or {}),
+        # UI backfills and automation run the implicit asset job: in-process, not a process per step
+        "asset_job_executor": defs.resolve_implicit_global_asset_job_def().executor_def.name,
+        "executors": sorted({j.executor_def.name for j in defs.resolve_all_job_defs()}),
     }
 
 

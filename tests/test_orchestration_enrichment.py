@@ -10,9 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from eventpipe_core.event_model import RAW_EVENT_SCHEMA
-from orchestration.enrichment.geoip import open_geoip
-from orchestration.enrichment.rules import (
+from enrichment.geoip import open_geoip
+from enrichment.rules import (
     ENRICHED_SCHEMA,
     EnrichmentConfig,
     enrich_hour,
@@ -21,6 +20,7 @@ from orchestration.enrichment.rules import (
     session_state_from_enriched,
     to_parquet_bytes,
 )
+from eventpipe_core.event_model import RAW_EVENT_SCHEMA
 from tests.orchestration_support import GOOGLEBOT_UA, LONDON_IP, raw_row, write_geoip_db
 
 H0 = datetime(2026, 3, 1, 10, tzinfo=UTC)

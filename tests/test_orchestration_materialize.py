@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from orchestration.lake.io import enriched_key
+from enrichment.lake_io import enriched_key
 from tests.orchestration_support import (  # noqa: F401 - orch_fixture provides the `orch` fixture
     GOOGLEBOT_UA,
     LONDON_IP,

@@ -35,7 +35,22 @@ def test_defaults_describe_the_embedded_stack(clean_env: Path) -> None:
     assert s.dagster_home == home / "dagster"
     assert s.kafka_events_topic == "events" and s.kafka_dlq_topic == "events.dlq"
     ch = s.clickhouse
-    assert (ch.host, ch.port, ch.user, ch.password, ch.database) == ("127.0.0.1", 8123, "default", "", "analytics")
+    assert (ch.host, ch.port, ch.user, ch.database) == ("127.0.0.1", 8123, "default", "analytics")
+    # the embedded server's writer password is generated once, kept private, and the same for every reader of settings
+    creds = home / "chserver-credentials"
+    assert len(ch.password) >= 24 and creds.exists() and (creds.stat().st_mode & 0o777) == 0o600
+    assert load_settings().clickhouse.password == ch.password
+    service = s.clickhouse_service_target
+    assert service is not None and service.user == "query_service" and service.password not in ("", ch.password)
+
+
+def test_no_generated_password_for_remote_or_explicit_urls(clean_env: Path) -> None:
+    assert load_settings(clickhouse_url="https://u:p@ch.example.com/prod").clickhouse.password == "p"
+    assert load_settings(clickhouse_url="http://default:@ch.example.com:8123/a").clickhouse.password == ""
+    assert load_settings(clickhouse_url="http://default:x@127.0.0.1:8123/a").clickhouse.password == "x"
+    off = load_settings(chserver_generate_password=False)
+    assert off.clickhouse.password == ""
+    assert not (clean_env / ".eventpipe" / "chserver-credentials").exists()
 
 
 def test_environment_overrides(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:

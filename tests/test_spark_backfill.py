@@ -18,10 +18,10 @@ import clickhouse_connect
 import dagster as dg
 import pyarrow.parquet as pq
 
+from enrichment.lake_io import enriched_key
 from eventpipe_core.lake_store import open_lake
 from eventpipe_core.settings import load_settings
 from orchestration.assemble import build_definitions
-from orchestration.lake.io import enriched_key
 from spark_jobs.launch import choose_engine
 from tests.chserver_support import ChServer
 from tests.orchestration_support import GOOGLEBOT_UA, LONDON_IP, NOW_HOUR, Env, land_batch, pkey, raw_row, write_geoip_db
@@ -47,7 +47,7 @@ def make_env(home: Path, chserver: ChServer, **overrides: Any) -> Iterator[Env]:
         clickhouse_url=chserver.clickhouse_url.rsplit("/", 1)[0] + f"/{database}",
         geoip_db_path=write_geoip_db(home / "city.mmdb"), bot_max_events_per_minute=5, **overrides,
     )
-    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="")
+    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password)
     try:
         with dg.DagsterInstance.ephemeral() as instance:
             yield Env(settings, build_definitions(settings, include_dbt=False), open_lake(settings), client, instance)

@@ -8,6 +8,9 @@ database gains them through ``create_all`` without a migration; a column change 
 idempotent step in ``MetadataStore.ensure_schema``.
 """
 
+# Feature modules: importing them registers their tables on ``meta``.
+from eventpipe_core.metadata import projects_settings, secrets  # noqa: E402, F401
+from eventpipe_core.metadata.funnels import FunnelDef, FunnelRegistry, funnels, parse_steps, parse_window
 from eventpipe_core.metadata.store import (
     ENFORCEMENT_MODES,
     KeyInfo,
@@ -24,6 +27,11 @@ from eventpipe_core.metadata.store import (
 
 __all__ = [
     "ENFORCEMENT_MODES",
+    "FunnelDef",
+    "FunnelRegistry",
+    "funnels",
+    "parse_steps",
+    "parse_window",
     "KeyInfo",
     "MetadataError",
     "MetadataStore",

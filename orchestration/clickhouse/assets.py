@@ -6,10 +6,10 @@ import io
 import dagster as dg
 import pyarrow.parquet as pq
 
+from enrichment.lake_io import hours_between, read_enriched
 from eventpipe_core.settings import Settings
 from orchestration.clickhouse.load import load_hour
 from orchestration.lake.assets import ENRICHED_EVENTS
-from orchestration.lake.io import hours_between, read_enriched
 from orchestration.partitions import (
     accepted_beta_apis,
     backfill_policy,

@@ -3,7 +3,11 @@
 An hour is loaded into a fresh staging table, then swapped in with one
 ``ALTER TABLE … REPLACE PARTITION ID '<hour>' FROM staging`` — atomic for readers: they see the
 old hour or the new one, never a partial or doubled hour, however often the hour is re-loaded.
-The enriched Parquet file is sent as-is (``FORMAT Parquet``): no row conversion in Python.
+The enriched Parquet file is sent as-is (``FORMAT Parquet``): no row conversion in Python. Measured
+side by side (``bench/clickhouse_load.py``, 200k rows, embedded server): this body upload runs at the
+speed of the server reading the same file itself (``INSERT … SELECT FROM file()``, ratio 1.0), while
+``insert_arrow`` (``FORMAT Arrow``) reached 0.74 of it and clickhouse-connect's ``FORMAT Native`` 0.68
+— so Parquet stays the load format.
 """
 
 from __future__ import annotations

@@ -3,9 +3,11 @@
 One translator maps the dbt source ``analytics.events`` to the hourly ``clickhouse_events`` asset
 (a day depends on its 24 hours), gives every model the daily partitions, the late-aware automation
 condition and the marts' freshness policy. A run passes its partition window to dbt as
-``--vars {start_date, end_date}``: incremental models replace exactly those day partitions; a
-backfill is one dbt invocation over the whole range (``BackfillPolicy.single_run``). dbt's data
-tests become asset checks; unit tests run in CI (`make test`), not on every partition.
+``--vars {start_date, end_date, project_funnels}``: incremental models replace exactly those day
+partitions; a backfill is one dbt invocation over the whole range (``BackfillPolicy.single_run``).
+``project_funnels`` is the funnel registry of the metadata store (``eventpipe funnels``), read at
+run time, so a funnel created now is in the next run without a redeploy. dbt's data tests become
+asset checks; unit tests run in CI (`make test`), not on every partition.
 """
 
 
@@ -63,6 +65,21 @@ def partition_vars(context: dg.AssetExecutionContext) -> dict[str, str]:
     return {"start_date": window.start.date().isoformat(), "end_date": window.end.date().isoformat()}
 
 
+def registry_funnels(settings: Settings) -> list[dict[str, Any]]:
+    """Every project's own funnels (metadata store) in the shape of dbt_project.yml's ``funnels``."""
+    from eventpipe_core.metadata import FunnelRegistry, get_metadata_store
+
+    store = get_metadata_store(settings)
+    try:
+        return [f.as_dbt() for f in FunnelRegistry(store).list()]
+    finally:
+        store.dispose()
+
+
+def dbt_vars(context: dg.AssetExecutionContext, settings: Settings) -> dict[str, Any]:
+    return {**partition_vars(context), "project_funnels": registry_funnels(settings)}
+
+
 def build_dbt_assets(settings: Settings) -> dg.AssetsDefinition:
     project = dbt_project(dbt_target_dir(settings))
 
@@ -76,7 +93,7 @@ def build_dbt_assets(settings: Settings) -> dg.AssetsDefinition:
         pool=DBT_POOL,
     )
     def dbt_marts(context: AssetExecutionContext, dbt: DbtCliResource) -> Iterator[Any]:
-        args = ["build", "--exclude-resource-type", "unit_test", "--vars", json.dumps(partition_vars(context))]
+        args = ["build", "--exclude-resource-type", "unit_test", "--vars", json.dumps(dbt_vars(context, settings))]
         yield from dbt.cli(args, context=context).stream()
 
     return dbt_marts

@@ -59,3 +59,11 @@ def dbt_project(target_dir: Path):  # noqa: ANN201 - dagster_dbt.DbtProject
             check=True, cwd=DBT_PROJECT_DIR,
         )
     return project
+
+
+def default_funnels() -> list[dict]:
+    """The funnels dbt_project.yml declares for every project (var ``funnels``)."""
+    import yaml
+
+    config = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())
+    return list((config.get("vars") or {}).get("funnels") or [])

@@ -1,22 +1,21 @@
 """``raw_events`` (landed batches, reported by the landing sensor) and ``enriched_events``."""
 
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import dagster as dg
 
-from eventpipe_core.lake_catalog import ENRICHED_PREFIX, RAW_PREFIX, CommitRecord
-from eventpipe_core.lake_store import LakeStore
-from eventpipe_core.settings import Settings
-from orchestration.clickhouse.load import read_identity_map, write_identities
-from orchestration.enrichment.rules import EnrichmentConfig, enrich_hour, session_state_from_enriched, to_parquet_bytes
-from orchestration.lake.io import (
+from enrichment.lake_io import (
+    carry_into,
     hours_between,
     load_commit_records,
-    read_enriched_table,
     read_raw_hour,
     write_enriched,
 )
+from enrichment.rules import enrich_hour, session_state_from_enriched, to_parquet_bytes
+from eventpipe_core.lake_catalog import ENRICHED_PREFIX, RAW_PREFIX
+from eventpipe_core.settings import Settings
+from orchestration.clickhouse.load import read_identity_map, write_identities
 from orchestration.partitions import accepted_beta_apis, backfill_policy, hourly_partitions, same_hour
 from orchestration.resources import ClickHouseResource, EnrichmentResource, LakeResource
 from spark_jobs.launch import EnrichedEventsConfig, choose_engine, run_spark_enrichment
@@ -67,7 +66,7 @@ def _build(settings: Settings) -> dg.AssetsDefinition:
         window = context.partition_time_window
         hours = hours_between(window.start, window.end)
         records = load_commit_records(store)
-        carry = _carry_into(store, hours[0], records, enrichment.config)
+        carry = carry_into(store, hours[0], records, enrichment.config)
         if choose_engine(config.engine, len(hours), settings.spark_backfill_min_hours) == "spark":
             # the same rules on Spark (spark_jobs), for long ranges; identities come back and are written here
             return run_spark_enrichment(
@@ -86,7 +85,7 @@ def _build(settings: Settings) -> dg.AssetsDefinition:
                                  geo_lookup=geo, config=rules)
             keys.append(write_enriched(store, hour, to_parquet_bytes(result.table)))
             write_identities(client, plan, result.identities)
-            carry = session_state_from_enriched(result.table.to_pandas(), hour + ONE_HOUR, rules.session_timeout)
+            carry = session_state_from_enriched(result.table, hour + ONE_HOUR, rules.session_timeout)
             for k, v in result.stats.items():
                 totals[k] = totals.get(k, 0) + v
             context.log.info(f"enriched {hour:%Y-%m-%d %H:00}: {result.stats}")
@@ -98,18 +97,4 @@ def _build(settings: Settings) -> dg.AssetsDefinition:
         )
 
     return enriched_events
-
-
-def _carry_into(
-    store: LakeStore, hour: datetime, records: list[CommitRecord], config: EnrichmentConfig
-) -> dict[str, tuple[int, int]]:
-    """Session state at the start of ``hour``: from the previous hour's enriched file, else from its raw rows."""
-    prev = hour - ONE_HOUR
-    table = read_enriched_table(store, prev)
-    if table is None:
-        raw = read_raw_hour(store, prev, records)
-        if raw.num_rows == 0:
-            return {}
-        table = enrich_hour(raw, hour_start=prev, config=config).table
-    return session_state_from_enriched(table.to_pandas(), hour, config.session_timeout)
 

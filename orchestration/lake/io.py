@@ -1,88 +1,16 @@
-"""Lake reads and writes for one event hour (no Dagster here; the Spark path can use it too).
+"""Compatibility re-export: the lake-hour reads and writes moved to :mod:`enrichment.lake_io`."""
 
-Readers only see objects named in commit records (eventpipe_core.lake_catalog); each row gets
-``ingested_at`` = the commit time of its batch, which keeps enriched output deterministic.
-"""
-
-from __future__ import annotations
-
-import io
-from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
-
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from eventpipe_core.event_model import RAW_EVENT_SCHEMA
-from eventpipe_core.lake_catalog import ENRICHED_PREFIX, CommitRecord, hour_dir, iter_commit_records
-from eventpipe_core.lake_store import LakeStore
-
-ENRICHED_FILE = "part-00000.parquet"
-RAW_WITH_INGESTED = RAW_EVENT_SCHEMA.append(pa.field("ingested_at", pa.timestamp("ms", tz="UTC"), nullable=False))
-
-
-def hour_parts(hour_start: datetime) -> tuple[str, str]:
-    h = hour_start.astimezone(UTC)
-    return h.strftime("%Y-%m-%d"), h.strftime("%H")
-
-
-def partition_key_to_hour(partition_key: str) -> datetime:
-    """Dagster hourly key ``YYYY-MM-DD-HH:MM`` -> the hour's start (UTC)."""
-    return datetime.strptime(partition_key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC)
-
-
-def hours_between(start: datetime, end: datetime) -> list[datetime]:
-    """Hour starts in [start, end)."""
-    out, h = [], start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-    while h < end:
-        out.append(h)
-        h += timedelta(hours=1)
-    return out
-
-
-def enriched_key(hour_start: datetime) -> str:
-    date, hour = hour_parts(hour_start)
-    return hour_dir(ENRICHED_PREFIX, date, hour) + ENRICHED_FILE
-
-
-def load_commit_records(lake: LakeStore) -> list[CommitRecord]:
-    """All commit records once (a multi-hour run reads them once, not once per hour)."""
-    return list(iter_commit_records(lake))
-
-
-def read_raw_hour(lake: LakeStore, hour_start: datetime, records: Iterable[CommitRecord] | None = None) -> pa.Table:
-    """The committed raw rows of one hour (RAW_EVENT_SCHEMA + ``ingested_at``), in a stable order."""
-    date, hour = hour_parts(hour_start)
-    found: list[tuple[str, int]] = []
-    for record in records if records is not None else iter_commit_records(lake):
-        for obj in record.objects:
-            if obj.event_date == date and obj.event_hour == hour:
-                found.append((obj.key, record.committed_at_ms))
-    tables = []
-    for key, committed_at_ms in sorted(set(found)):
-        t = pq.read_table(io.BytesIO(lake.get(key)))
-        t = t.select(RAW_EVENT_SCHEMA.names).cast(RAW_EVENT_SCHEMA)
-        ingested = pa.array([committed_at_ms] * t.num_rows, type=pa.int64()).cast(pa.timestamp("ms", tz="UTC"))
-        tables.append(t.append_column(RAW_WITH_INGESTED.field("ingested_at"), ingested))
-    if not tables:
-        return RAW_WITH_INGESTED.empty_table()
-    return pa.concat_tables(tables)
-
-
-def write_enriched(lake: LakeStore, hour_start: datetime, data: bytes) -> str:
-    """One object per hour, replaced atomically (LakeStore.put)."""
-    key = enriched_key(hour_start)
-    lake.put(key, data)
-    return key
-
-
-def read_enriched(lake: LakeStore, hour_start: datetime) -> bytes | None:
-    try:
-        return lake.get(enriched_key(hour_start))
-    except KeyError:
-        return None
-
-
-def read_enriched_table(lake: LakeStore, hour_start: datetime) -> pa.Table | None:
-    data = read_enriched(lake, hour_start)
-    return None if data is None else pq.read_table(io.BytesIO(data))
+from enrichment.lake_io import (  # noqa: F401 - re-exported for existing importers
+    ENRICHED_FILE,
+    RAW_WITH_INGESTED,
+    carry_into,
+    enriched_key,
+    hour_parts,
+    hours_between,
+    load_commit_records,
+    partition_key_to_hour,
+    read_enriched,
+    read_enriched_table,
+    read_raw_hour,
+    write_enriched,
+)

@@ -4,9 +4,9 @@
 import dagster as dg
 import pyarrow as pa
 
+from enrichment.lake_io import hours_between, read_enriched_table
 from eventpipe_core.settings import Settings
 from orchestration.lake.assets import ENRICHED_EVENTS
-from orchestration.lake.io import hours_between, read_enriched_table
 from orchestration.partitions import accepted_beta_apis, hourly_partitions
 from orchestration.quality.suites import SUITE_NAME, validate_enriched
 from orchestration.resources import LakeResource
@@ -58,7 +58,7 @@ def _build(partitions: dg.PartitionsDefinition) -> list[dg.AssetChecksDefinition
         description="Counts tracking-plan violations recorded by the collector (warns, does not block).",
     )
     def tracking_plan_violations(context: dg.AssetCheckExecutionContext, lake: LakeResource) -> dg.AssetCheckResult:
-        from orchestration.enrichment.rules import plan_violation_count
+        from enrichment.rules import plan_violation_count
 
         store = lake.open()
         window = context.op_execution_context.partition_time_window

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from orchestration.enrichment.rules import ENRICHED_SCHEMA, plan_violation_count
+from enrichment.rules import ENRICHED_SCHEMA, plan_violation_count
 
 SUITE_NAME = "enriched_events_hour"
 

@@ -7,6 +7,15 @@ landed rows as ``raw_events`` materializations of those hours. Consecutive touch
 run (a partition range of at most ``BACKFILL_MAX_PARTITIONS_PER_RUN`` hours, as backfills do): a
 day of history landed at once is one run, not 24 process launches. The run key names the commit
 records, so a tick retried after a lost cursor update does not launch the same run twice.
+
+Complete days (issue 12): a day's marts need all 24 of its hours loaded, but an hour where nothing
+landed has no commit record to trigger it. So every tick also looks at each *complete* day (ended
+more than ``LANDING_WINDOW_SECONDS`` ago) that has landed data — the days this tick touched, however
+old, and the days with ``raw_events`` within ``LATE_DATA_LOOKBACK_DAYS`` — and requests its hours
+that were never loaded and are not in a queued/running run: they load as empty hours. They join
+the touched hours' ranges, so a past day whose events arrive at once is one run of 24 hours. A day
+with no landed data at all is never filled (no rows, and it blocks no other day). Fill-only ranges
+have the run key ``fill|first..last``: a failing fill is not relaunched every tick.
 """
 
 
@@ -85,6 +94,68 @@ def hour_ranges(keys: Iterable[str], max_hours: int) -> list[list[str]]:
     return groups
 
 
+IN_FLIGHT = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED)
+
+
+def day_of_key(key: str) -> str:
+    return key[:10]
+
+
+def hours_of_day_keys(day: str) -> list[str]:
+    start = datetime.fromisoformat(day).replace(tzinfo=UTC)
+    return [h.strftime(HOURLY_FMT) for h in hours_between(start, start + timedelta(days=1))]
+
+
+def empty_hours_to_fill(
+    data_hours: Iterable[str], loaded: set[str], busy: set[str], now: datetime, window: timedelta,
+    valid_key: dg.PartitionsDefinition | None = None,
+) -> list[str]:
+    """Hours of complete days with landed data that were never loaded nor are being loaded — pure.
+
+    ``data_hours``: hour keys with landed rows (this tick's and earlier ones); ``loaded``: hours of
+    clickhouse_events already materialized; ``busy``: hours of queued/running runs and of this tick."""
+    out: list[str] = []
+    for day in sorted({day_of_key(k) for k in data_hours}):
+        end = datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
+        if end + window > now:
+            continue  # not complete yet: its quiet hours may still get events
+        out += [k for k in hours_of_day_keys(day) if k not in loaded and k not in busy
+                and (valid_key is None or valid_key.has_partition_key(k))]
+    return out
+
+
+def hours_in_flight(instance: dg.DagsterInstance) -> set[str]:
+    """Hour keys of queued or running runs (the hourly job's, UI backfills' too), single partition or range."""
+    out: set[str] = set()
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_FLIGHT)), limit=1000):
+        tags = run.tags
+        keys = [tags.get("dagster/partition"), tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)]
+        try:
+            single, start, end = (datetime.strptime(k, HOURLY_FMT).replace(tzinfo=UTC) if k else None for k in keys)
+        except ValueError:
+            continue  # a daily (dbt) run
+        if single is not None:
+            out.add(single.strftime(HOURLY_FMT))
+        if start is not None and end is not None:
+            out |= {h.strftime(HOURLY_FMT) for h in hours_between(start, end + timedelta(hours=1))}
+    return out
+
+
+def recent_data_hours(instance: dg.DagsterInstance, now: datetime, lookback_days: int) -> set[str]:
+    """Hours with landed data (raw_events reported) within the look-back."""
+    oldest = (now - timedelta(days=lookback_days + 1)).strftime(HOURLY_FMT)
+    return {k for k in instance.get_materialized_partitions(RAW_EVENTS) if k >= oldest}
+
+
+def range_run_config(hours_with_data: int, spark_min_hours: int) -> dict:
+    """Empty hours cost nothing in-process: a range goes to Spark (engine auto) only when more than
+    ``SPARK_BACKFILL_MIN_HOURS`` of its hours have landed data, not because quiet hours made it long."""
+    if hours_with_data > spark_min_hours:
+        return {}
+    return {"ops": {ENRICHED_EVENTS.path[-1]: {"config": {"engine": "in_process"}}}}
+
+
 def build_landing_sensor(settings: Settings, job: UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
     partitions = hourly_partitions(settings)
 
@@ -102,16 +173,28 @@ def build_landing_sensor(settings: Settings, job: UnresolvedAssetJobDefinition) 
         touched, new_cursor, skipped = plan_ticks(iter_commit_records(store, after=cursor), cursor, partitions)
         if skipped:
             context.log.warning(f"landed rows for hours outside the partitions (clock skew?) not scheduled: {skipped[:20]}")
+        now = datetime.now(UTC)
+        data_hours = set(touched) | recent_data_hours(context.instance, now, settings.late_data_lookback_days)
+        fill = empty_hours_to_fill(
+            data_hours, context.instance.get_materialized_partitions(CLICKHOUSE_EVENTS),
+            hours_in_flight(context.instance) | set(touched), now, timedelta(seconds=settings.landing_window_seconds),
+            partitions)
         run_requests, events = [], []
-        for group in hour_ranges(touched, settings.backfill_max_partitions_per_run):
-            recs = list({(r.kafka_partition, r.seq): r for key in group for r in touched[key]}.values())
+        for group in hour_ranges([*touched, *fill], settings.backfill_max_partitions_per_run):
+            recs = list({(r.kafka_partition, r.seq): r for key in group for r in touched.get(key, [])}.values())
             ids = "+".join(f"p{r.kafka_partition}s{r.seq}" for r in sorted(recs, key=lambda r: (r.kafka_partition, r.seq)))
-            tags = {"eventpipe/trigger": "landing", "eventpipe/batches": str(len(recs))}
+            tags = {"eventpipe/trigger": "landing" if recs else "fill", "eventpipe/batches": str(len(recs))}
+            key = "|".join([*([] if recs else ["fill"]), group[0] if len(group) == 1 else f"{group[0]}..{group[-1]}",
+                            *([ids] if recs else [])])
             if len(group) == 1:
-                run_requests.append(dg.RunRequest(run_key=f"{group[0]}|{ids}", partition_key=group[0], tags=tags))
+                run_requests.append(dg.RunRequest(run_key=key, partition_key=group[0], tags=tags))
             else:  # one run for the range: the hourly assets walk its hours in order
                 tags |= {ASSET_PARTITION_RANGE_START_TAG: group[0], ASSET_PARTITION_RANGE_END_TAG: group[-1]}
-                run_requests.append(dg.RunRequest(run_key=f"{group[0]}..{group[-1]}|{ids}", tags=tags))
+                run_requests.append(dg.RunRequest(run_key=key, tags=tags, run_config=range_run_config(
+                    sum(1 for k in group if k in touched), settings.spark_backfill_min_hours)))
+        if fill:
+            context.log.info(f"complete days: loading {len(fill)} hours with nothing landed as empty "
+                             f"({sorted({day_of_key(k) for k in fill})})")
         for key, recs in sorted(touched.items()):
             ids = "+".join(f"p{r.kafka_partition}s{r.seq}" for r in recs)
             rows = sum(r.rows_per_hour.get(key, 0) for r in recs)
@@ -120,7 +203,7 @@ def build_landing_sensor(settings: Settings, job: UnresolvedAssetJobDefinition) 
                 metadata={"new_rows": rows, "batches": len(recs), "commit_records": ids[:1000]},
             ))
         if not run_requests and new_cursor == cursor:
-            return dg.SensorResult(skip_reason="no new landed batches", cursor=dump_cursor(new_cursor))
+            return dg.SensorResult(skip_reason="no new landed batches, no complete day to fill", cursor=dump_cursor(new_cursor))
         return dg.SensorResult(run_requests=run_requests, asset_events=events, cursor=dump_cursor(new_cursor))
 
     return landing_commits_sensor

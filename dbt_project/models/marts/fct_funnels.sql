@@ -5,13 +5,15 @@
     order_by='(funnel_name, project, entry_date, step_index)',
 ) }}
 {#
-  Funnels declared in dbt_project.yml (var `funnels`). Per funnel, project and entry day: actors
+  Funnels declared in dbt_project.yml (var `funnels`, for every project) plus the projects' own
+  funnels from the metadata store's registry (var `project_funnels`, each with a `project`; passed
+  by the Dagster asset, see orchestration/dbt/assets.py). Per funnel, project and entry day: actors
   reaching each step on their earliest most complete path, conversion from the entry step and from
   the previous step, and the median seconds from entry to the step. A run for a window also
   rebuilds the entry days up to the longest conversion window before it (their paths can complete
   with the window's events) and reads events up to that window past its end.
 #}
-{%- set funnels = var('funnels') -%}
+{%- set funnels = var('funnels') + (var('project_funnels', []) or []) -%}
 {%- set ns = namespace(max_days=1) -%}
 {%- for f in funnels -%}
   {%- set days = ((f.get('conversion_window_seconds', 86400) | int) / 86400) | round(0, 'ceil') | int + 1 -%}
@@ -34,8 +36,9 @@ paths as (
 
 steps as (
     {%- for f in funnels %}
-    select '{{ f["name"] }}' as funnel_name, toUInt8(k) as step_index,
-           [{% for s in f['steps'] %}'{{ s }}'{% if not loop.last %}, {% endif %}{% endfor %}][k] as step_event
+    select {{ funnel_sql_string(f["name"]) }} as funnel_name, {{ funnel_sql_string(f.get("project") or "") }} as funnel_project,
+           toUInt8(k) as step_index,
+           [{% for s in f['steps'] %}{{ funnel_sql_string(s) }}{% if not loop.last %}, {% endif %}{% endfor %}][k] as step_event
     from (select arrayJoin(range(1, {{ (f['steps'] | length) + 1 }})) as k)
     {%- if not loop.last %}
     union all
@@ -53,7 +56,7 @@ per_step as (
         countIf(p.level >= s.step_index) as users,
         quantileExactInclusiveIf(0.5)((p.step_ms[s.step_index] - p.entry_ms) / 1000.0, p.level >= s.step_index) as median_seconds_from_entry
     from paths as p
-    inner join steps as s on s.funnel_name = p.funnel_name
+    inner join steps as s on s.funnel_name = p.funnel_name and (s.funnel_project = '' or s.funnel_project = p.project)
     group by funnel_name, project, entry_date, step_index, step_event
 )
 

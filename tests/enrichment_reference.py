@@ -1,8 +1,14 @@
-"""Enrichment rules for one event hour: pure functions over pandas/Arrow, no Dagster, no I/O.
+"""The enrichment rules as they were before vectorization (commit 111ca3d, per-row pandas): the oracle of
+tests/test_enrichment_differential.py. Do not "fix" or speed up this file: its output is the contract
+the vectorized :mod:`enrichment.rules` must reproduce byte for byte.
 
-The Dagster asset (``orchestration.lake.assets``) and the Spark job (``spark_jobs``, via
-``mapInPandas``/``applyInPandas`` per hour) both call :func:`enrich_hour`, so the two paths
-produce the same rows. Everything that is not in the hour's raw rows comes in explicitly:
+Original docstring follows.
+
+Enrichment rules for one event hour: pure functions over pandas/Arrow, no Dagster, no I/O.
+
+The Dagster asset (``orchestration.lake.assets``) and the Spark job (``spark_jobs``, per session-key
+bucket of an hour) both call :func:`enrich_hour`, so the two paths produce the same rows. Everything
+that is not in the hour's raw rows comes in explicitly:
 
 * ``carry`` — session state at the end of the previous hour (:func:`session_state_from_enriched`),
   which is how sessions crossing an hour boundary keep their ``session_id``;
@@ -16,6 +22,7 @@ options (:func:`to_parquet_bytes`), so the same input gives byte-identical files
 
 from __future__ import annotations
 
+import functools
 import io
 import ipaddress
 import json
@@ -217,13 +224,20 @@ def session_state_from_enriched(df: pd.DataFrame, hour_start: datetime, timeout:
     return {str(k): (int(r["t"]), int(r["sid"])) for k, r in last.iterrows()}
 
 
-def parse_user_agent(ua: str) -> UserAgentInfo:
-    """ua-parser 1.x: browser family + version, OS family, device family."""
-    from ua_parser import parse
+@functools.lru_cache(maxsize=1)
+def _basic_parser():  # noqa: ANN202
+    from ua_parser import BasicResolver, CachingResolver, Parser, load_builtins
+    from ua_parser.caching import S3Fifo
 
+    return Parser(CachingResolver(BasicResolver(load_builtins()), S3Fifo(2000)))
+
+
+def parse_user_agent(ua: str) -> UserAgentInfo:
+    """ua-parser 1.x: browser family + version, OS family, device family (the pure-Python resolver, whatever
+    backend is installed: the oracle of the compiled one)."""
     if not ua:
         return UserAgentInfo()
-    r = parse(ua)
+    r = _basic_parser().parse(ua)
     browser = version = os_name = device = ""
     if r.user_agent is not None:
         browser = r.user_agent.family or ""

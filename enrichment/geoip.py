@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from orchestration.enrichment.rules import GeoRecord
+from enrichment.rules import GeoRecord
 
 
 def _name(node: Any) -> str:
