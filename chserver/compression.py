@@ -37,6 +37,20 @@ def _zstd_decompress(data: bytes) -> bytes:
     return b"".join(parts)
 
 
+def _lz4_decompress(data: bytes) -> bytes:
+    """All frames of an LZ4 stream: clickhouse-connect sends one frame per block, so a body of several blocks
+    is several frames (decoding only the first silently dropped every later block)."""
+    parts: list[bytes] = []
+    rest = data
+    while rest:
+        d = lz4.frame.LZ4FrameDecompressor()
+        parts.append(d.decompress(rest))
+        if not d.eof:
+            raise RuntimeError("truncated LZ4 frame")
+        rest = d.unused_data
+    return b"".join(parts)
+
+
 def decompress(data: bytes, encoding: str | None) -> bytes:
     """Decode a request body; a wrong or truncated encoding is a ClickHouse error, never a crash."""
     method = (encoding or "").strip().lower()
@@ -56,11 +70,7 @@ def decompress(data: bytes, encoding: str | None) -> bytes:
             raise ClickHouseError(ZSTD_DECODER_FAILED, f"Zstd stream decoding failed: {exc}") from None
     if method == "lz4":
         try:
-            d = lz4.frame.LZ4FrameDecompressor()
-            out = d.decompress(data)
-            if not d.eof:
-                raise RuntimeError("truncated LZ4 frame")
-            return out
+            return _lz4_decompress(data)
         except RuntimeError as exc:
             raise ClickHouseError(LZ4_DECODER_FAILED, f"LZ4 decompression failed: {exc}") from None
     raise ClickHouseError(NOT_IMPLEMENTED, f"Unknown HTTP Content-Encoding '{encoding}'. {_SUPPORTED_MSG}")

@@ -490,27 +490,39 @@ class Engine:
         return QueryResult(body=body, format=out_format, summary=summary)
 
     def _insert(self, conn: Any, req: QueryRequest, stmt: Statement) -> QueryResult:
+        """``INSERT … FORMAT f`` + data: the data goes to a temporary file loaded with ``FROM INFILE``.
+
+        chDB's streaming inserter (``send_insert``) reports every row written but silently stores nothing when
+        the block is refused — e.g. more than ``max_partitions_per_insert_block`` (100) partitions, which real
+        ClickHouse answers with TOO_MANY_PARTS (252). ``FROM INFILE`` raises the engine's error, so the
+        client gets it instead of losing the rows.
+        """
+        import tempfile
+
         fmt = stmt.insert_format or ""
         if fmt.lower() not in self.input_formats:
             raise ClickHouseError(UNKNOWN_FORMAT, f"Unknown input format {fmt}")
         head = req.raw[: stmt.head_end].decode("utf-8")
         data = memoryview(req.raw)[stmt.data_start :]
-        inserter = conn.send_insert(head, self.input_formats[fmt.lower()])
-        try:
+        # FROM INFILE goes before a SETTINGS clause (INSERT INTO t [(cols)] FROM INFILE … [SETTINGS …] FORMAT f)
+        cut = next((t.start for t in tokens(head) if t.depth == 0 and t.kind == "word" and t.text.upper() == "SETTINGS"),
+                   len(head))
+        tmp_dir = self.data_dir / "tmp_inserts"
+        tmp_dir.mkdir(exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=tmp_dir, suffix=".data") as f:
             for i in range(0, len(data), INSERT_CHUNK):
-                inserter.append(data[i : i + INSERT_CHUNK])
-            res = inserter.finish()
-        except BaseException:
-            try:
-                inserter.cancel()
-            except Exception:  # noqa: BLE001 - the original error is what the client needs
-                pass
-            raise
+                f.write(data[i : i + INSERT_CHUNK])
+            f.flush()
+            path = f.name.replace("\\", "\\\\").replace("'", "\\'")
+            sql = f"{head[:cut].rstrip()} FROM INFILE '{path}' {head[cut:]} FORMAT {self.input_formats[fmt.lower()]}"
+            res = conn._conn.query(sql, "TabSeparated", params=req.params)
+            res.bytes()
+        written_rows, written_bytes = res.rows_written(), res.bytes_written()
         summary = {
             "read_rows": "0",
             "read_bytes": "0",
-            "written_rows": str(res.rows_written),
-            "written_bytes": str(res.bytes_written),
+            "written_rows": str(written_rows),
+            "written_bytes": str(written_bytes),
             "total_rows_to_read": "0",
             "result_bytes": "0",
         }
