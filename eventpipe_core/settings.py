@@ -116,6 +116,11 @@ class Settings(BaseSettings):
     marts_freshness_warn_hours: int = Field(default=25, ge=1)
     backfill_max_partitions_per_run: int = Field(default=24, ge=1)  # hours per backfill run
 
+    # --- web UI (web/, served by the query service) --------------------------------------------
+    web_dist_dir: Path | None = None  # built UI (index.html + assets/); default: the repository's web/dist
+    web_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)  # sign-in cookie lifetime
+    web_cookie_secure: bool = False  # set the session cookie's Secure flag (serve the UI over HTTPS in production)
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _check_bootstrap(cls, v: str) -> str:

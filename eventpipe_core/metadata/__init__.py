@@ -8,6 +8,7 @@ database gains them through ``create_all`` without a migration; a column change 
 idempotent step in ``MetadataStore.ensure_schema``.
 """
 
+from eventpipe_core.metadata.charts import CHART_KINDS, ChartStore, WebSession, charts, dashboards, web_sessions  # noqa: E402
 from eventpipe_core.metadata.store import (
     ENFORCEMENT_MODES,
     KeyInfo,
@@ -23,6 +24,12 @@ from eventpipe_core.metadata.store import (
 )
 
 __all__ = [
+    "CHART_KINDS",
+    "ChartStore",
+    "WebSession",
+    "charts",
+    "dashboards",
+    "web_sessions",
     "ENFORCEMENT_MODES",
     "KeyInfo",
     "MetadataError",
