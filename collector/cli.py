@@ -55,15 +55,23 @@ def collector(
 
 
 @keys_app.command("create")
-def keys_create(project: str = typer.Option(..., "--project", help="Project name (created if new).")) -> None:
-    """Create an API key; the key alone is printed on the last line."""
+def keys_create(
+    project: str = typer.Option(..., "--project", help="Project name (created if new)."),
+    as_json: bool = typer.Option(False, "--json", help='Print {"project","api_key","secret_key"} on one line.'),
+) -> None:
+    """Create an API key and its secret key (for the query API; shown once); the key alone is printed on the last line."""
     from eventpipe_core.metadata import MetadataError
+    from eventpipe_core.metadata.secrets import create_key_with_secret
 
     try:
-        key = _store().create_key(project)
+        key, secret = create_key_with_secret(_store(), project)
     except MetadataError as exc:
         raise _fail(str(exc)) from None
+    if as_json:
+        print(json.dumps({"project": project, "api_key": key, "secret_key": secret}))
+        return
     console.print(f"created an API key for project {project}")
+    console.print(f"secret key (query API, shown only now): {secret}", soft_wrap=True)
     print(key)
 
 

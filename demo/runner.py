@@ -114,8 +114,9 @@ def _pipeline(settings: Settings, config: DemoConfig, console: Console, timings:
     from demo.sender import Sender, produce_poison, rejected_from_metrics
     from demo.waiter import Target, Waiter
     from eventpipe_core.metadata import get_metadata_store
+    from eventpipe_core.metadata.secrets import create_key_with_secret
 
-    key = get_metadata_store(settings).create_key(config.project)
+    key, secret = create_key_with_secret(get_metadata_store(settings), config.project)
     dataset = generate(config)
     collector_url = f"http://{settings.collector_host}:{settings.collector_port}"
     dagster = DagsterAPI(f"http://127.0.0.1:{settings.dagster_port}")
@@ -157,8 +158,19 @@ def _pipeline(settings: Settings, config: DemoConfig, console: Console, timings:
         today=datetime.now(UTC).date(), rejected_requests=len(dataset.malformed),
         rejected_events=sum(m.events for m in dataset.malformed), dead_lettered=len(dataset.poison))
     render(console, report, expected, timings)
+    _show_query_api(settings, config, key, secret, console)
     dagster.close()
     return report, expected
+
+
+def _show_query_api(settings: Settings, config: DemoConfig, key: str, secret: str, console: Console) -> None:
+    base = f"http://{settings.query_api_host}:{settings.query_api_port}"
+    start, end = config.first_day.strftime("%Y%m%d"), config.last_day.strftime("%Y%m%d")
+    console.print(
+        f"  Query API    {base}/api/2/  (docs {base}/docs) — project {config.project}, key {key}, secret {secret}\n"
+        f"               curl -u {key}:{secret} '{base}/api/2/events/segmentation?e=%7B%22event_type%22:%22_active%22%7D"
+        f"&start={start}&end={end}'"
+    )
 
 
 def _describe(d: Dataset, console: Console) -> None:

@@ -181,6 +181,21 @@ def consumer_component(settings: Settings, logs: Path) -> Component | None:
     return child_component(proc, f"{settings.kafka_events_topic} -> {settings.lake_url}  metrics http://{host}:{port}/metrics")
 
 
+def query_api_component(settings: Settings, logs: Path) -> Component | None:
+    """The analytics API (`eventpipe query-api`, Amplitude Dashboard REST API shapes), ready when /healthz answers."""
+    host, port = settings.query_api_host, settings.query_api_port
+    proc = ChildProcess(
+        name="query API",
+        cmd=eventpipe_command("query-api", "--host", host, "--port", str(port)),
+        host=host,
+        port=port,
+        log_path=logs / "query-api.log",
+        ready=lambda: _http_ok(f"http://{host}:{port}/healthz"),
+        timeout=120.0,
+    )
+    return child_component(proc, f"http://{host}:{port}/api/2/  (docs /docs, HTTP Basic api_key:secret_key)")
+
+
 def _metrics_ready(url: str) -> bool:
     import urllib.request
 
@@ -193,7 +208,7 @@ def _metrics_ready(url: str) -> bool:
 
 # Later components register here: name -> factory(settings, logs_dir) -> Component | None.
 COMPONENT_FACTORIES: list[Callable[[Settings, Path], Component | None]] = [
-    broker_component, chserver_component, collector_component, consumer_component,
+    broker_component, chserver_component, collector_component, consumer_component, query_api_component,
     dagster_component,  # Dagster stays last: it loads everything else
 ]
 

@@ -85,6 +85,7 @@ def _register_subcommands() -> None:
         "ingest_consumer.cli",
         "orchestration.cli",
         "orchestration.dbt.cli",
+        "query_service.cli",
         "eventpipe_cli.demo",
     ):
         try:

@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     marts_freshness_warn_hours: int = Field(default=25, ge=1)
     backfill_max_partitions_per_run: int = Field(default=24, ge=1)  # hours per backfill run
 
+    # --- query service (query_service/: the Amplitude-compatible analytics API) --------------------
+    query_api_host: str = "127.0.0.1"
+    query_api_port: int = Field(default=8090, ge=1, le=65535)
+    query_max_execution_s: float = Field(default=60.0, gt=0)  # per ClickHouse query of the API
+    query_auth_cache_s: float = Field(default=5.0, ge=0)  # how long a verified api_key:secret_key stays trusted
+
     # --- web UI (web/, served by the query service) --------------------------------------------
     web_dist_dir: Path | None = None  # built UI (index.html + assets/); default: the repository's web/dist
     web_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)  # sign-in cookie lifetime

@@ -15,5 +15,6 @@ def up_env(home: Path, **overrides: str) -> dict[str, str]:
         "COLLECTOR_PORT": str(free_port()),
         "DAGSTER_PORT": str(free_port()),
         "CONSUMER_METRICS_PORT": str(free_port()),
+        "QUERY_API_PORT": str(free_port()),
     }
     return dict(os.environ) | {"EVENTPIPE_HOME": str(home)} | ports | overrides

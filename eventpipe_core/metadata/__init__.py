@@ -8,6 +8,8 @@ database gains them through ``create_all`` without a migration; a column change 
 idempotent step in ``MetadataStore.ensure_schema``.
 """
 
+# Feature modules: importing them registers their tables on ``meta``.
+from eventpipe_core.metadata import projects_settings, secrets  # noqa: E402, F401
 from eventpipe_core.metadata.charts import CHART_KINDS, ChartStore, WebSession, charts, dashboards, web_sessions  # noqa: E402
 from eventpipe_core.metadata.store import (
     ENFORCEMENT_MODES,
