@@ -1,0 +1,156 @@
+"""Funnels (``/api/2/funnels``): actors reaching each step within ``cs`` seconds of their entry event.
+
+Rules (the dbt marts' ``macros/funnel.sql`` where they overlap; events ordered by (event_time, insert_id)):
+
+* an actor enters at an event of step 1 (with its filters, and the segment ``s`` true on it) whose local
+  day is in [start, end]; later steps may fall after ``end`` (inside the window). A step event counts if
+  it is at most ``cs`` seconds after the entry (a step exactly at the limit counts);
+* ``ordered`` (the marts' "this" order): from the entry, each next step is the first later event that
+  matches it; other events between are allowed;
+* ``sequential`` (the marts' "exact" order): as ordered, but the actor's very next event after the last
+  step reached must be the next step — any other event ends the path;
+* ``unordered``: level = 1 + the number of distinct other steps having an event after the entry and at
+  most ``cs`` after it; the time of reaching the k-th step is when the k-th distinct step was first reached;
+* the actor's path is the entry with the highest level, the earliest on ties (per day for ``dayFunnels``,
+  over the range for the totals); bar k counts actors whose level ≥ k; ``n=new`` keeps actors first seen
+  (over all history) in the range; ``g`` groups by a property of the entry event.
+
+SQL shape: per actor one array of the (time, insert_id, step bitmask, segment flag, group) of its step
+events (every event for ``sequential``), then one fold per entry over the events after it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from query_service.compile.common import (
+    Binder,
+    Compiled,
+    bucket_labels,
+    event_match_sql,
+    events_source,
+    first_seen_sql,
+    local_midnight_ms,
+    prop_sql,
+    segments_sql,
+    utc_days_between,
+)
+from query_service.params import FunnelQuery
+
+INF = "toInt64(9223372036854775807)"
+
+
+def _times_sql(q: FunnelQuery, n: int, window: str) -> str:
+    rest = "arraySlice(evs, i0 + 1)"
+    if q.mode == "ordered":
+        return (f"arrayFold((acc, e) -> if(length(acc) < {n} AND e.1 <= t0 + {window} AND bitTest(e.3, length(acc)),"
+                f" arrayPushBack(acc, e.1), acc), {rest}, [t0])")
+    if q.mode == "sequential":
+        return (f"arrayFold((acc, e) -> if(acc.2 = 1 OR length(acc.1) >= {n}, acc,"
+                f" if(e.1 <= t0 + {window} AND bitTest(e.3, length(acc.1)), (arrayPushBack(acc.1, e.1), toUInt8(0)),"
+                f" (acc.1, toUInt8(1)))), {rest}, ([t0], toUInt8(0))).1")
+    firsts = [f"arrayMin(arrayPushBack(arrayMap(e -> if(bitTest(e.3, {j}) AND e.1 <= t0 + {window}, e.1, {INF}), {rest}),"
+              f" {INF}))" for j in range(1, n)]
+    if not firsts:
+        return "[t0]"
+    return f"arraySort(arrayConcat([t0], arrayFilter(x -> x < {INF}, [{', '.join(firsts)}])))"
+
+
+def compile_funnel(q: FunnelQuery) -> Compiled:
+    b = Binder()
+    tz = q.scope.timezone
+    n = len(q.steps)
+    start_ms = local_midnight_ms(q.range.start, tz)
+    end_ms = local_midnight_ms(q.range.end + timedelta(days=1), tz)
+    read_end = end_ms + q.window_s * 1000 + 1
+    mask = " + ".join(f"if({event_match_sql(b, s)}, {1 << k}, 0)" for k, s in enumerate(q.steps))
+    group = prop_sql(b, q.group_by[0]) if q.group_by else "''"
+    where = []
+    if q.mode != "sequential":
+        where.append("m > 0")
+    if q.new_users:
+        fs = first_seen_sql(b, q.scope)
+        lo, hi = b.bind(start_ms, "Int64"), b.bind(end_ms, "Int64")
+        where.append(f"actor_id IN (SELECT actor_id FROM {fs} WHERE first.1 >= fromUnixTimestamp64Milli({lo}, 'UTC')"
+                     f" AND first.1 < fromUnixTimestamp64Milli({hi}, 'UTC'))")
+    s0, s1 = b.bind(start_ms, "Int64"), b.bind(end_ms, "Int64")
+    window = b.bind(q.window_s * 1000, "Int64")
+    zone = b.bind(tz, "String")
+    steps_n = b.bind(n, "UInt8")
+    sql = f"""
+WITH per_actor AS (
+    SELECT actor_id, arraySort(x -> (x.1, x.2), groupArray((t, insert_id, m, sg, g))) AS evs
+    FROM (
+        SELECT actor_id, toUnixTimestamp64Milli(event_time) AS t, insert_id, toUInt32({mask}) AS m,
+               toUInt8({segments_sql(b, q.segments)}) AS sg, {group} AS g
+        FROM {events_source(b, q.scope, start_ms, read_end)}
+    )
+    {'WHERE ' + ' AND '.join(where) if where else ''}
+    GROUP BY actor_id
+),
+paths AS (
+    SELECT actor_id, i0, evs[i0].1 AS t0, evs[i0].5 AS g, {_times_sql(q, n, window)} AS times,
+           length(times) AS level, toString(toDate(fromUnixTimestamp64Milli(t0, 'UTC'), {zone})) AS day
+    FROM per_actor ARRAY JOIN arrayEnumerate(evs) AS i0
+    WHERE bitTest(evs[i0].3, 0) AND evs[i0].4 = 1 AND evs[i0].1 >= {s0} AND evs[i0].1 < {s1}
+),
+day_best AS (
+    SELECT actor_id, day, argMax((level, t0, times, g), (level, -i0)) AS b FROM paths GROUP BY actor_id, day
+),
+best AS (
+    SELECT actor_id, argMax(b, (b.1, -b.2)) AS b FROM day_best GROUP BY actor_id
+)
+SELECT 'day' AS kind, day, b.4 AS g,
+       sumForEach(arrayMap(k -> toUInt64(b.1 >= k), range(1, {steps_n} + 1))) AS counts,
+       [0.] AS med, [0.] AS avg
+FROM day_best GROUP BY day, g
+UNION ALL
+SELECT 'all' AS kind, '' AS day, b.4 AS g,
+       sumForEach(arrayMap(k -> toUInt64(b.1 >= k), range(1, {steps_n} + 1))) AS counts,
+       quantileExactInclusiveForEach(0.5)(arrayMap(k -> toFloat64(b.3[k + 1] - b.3[k]), range(1, b.1))) AS med,
+       avgForEach(arrayMap(k -> toFloat64(b.3[k + 1] - b.3[k]), range(1, b.1))) AS avg
+FROM best GROUP BY g
+"""
+    return Compiled(sql=sql.strip(), params=b.params, project=q.scope.project,
+                    utc_days=utc_days_between(start_ms, read_end), all_history=q.new_users)
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 6) if b else 0.0
+
+
+def shape(q: FunnelQuery, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One Amplitude funnel object per group (a single one without ``g``), largest groups first."""
+    n = len(q.steps)
+    days = bucket_labels(q.range.start, q.range.end, "day", q.scope.timezone)
+    groups: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        grp = groups.setdefault(r["g"], {"all": None, "days": {}})
+        counts = [int(c) for c in r["counts"]] + [0] * (n - len(r["counts"]))
+        if r["kind"] == "all":
+            grp["all"] = (counts, list(r["med"]), list(r["avg"]))
+        else:
+            grp["days"][r["day"]] = counts
+    if not groups:
+        groups[""] = {"all": None, "days": {}}
+    ordered = sorted(groups.items(), key=lambda kv: (-(kv[1]["all"][0][0] if kv[1]["all"] else 0), kv[0]))[: q.limit]
+    out = []
+    for g, grp in ordered:
+        counts, med, avg = grp["all"] or ([0] * n, [], [])
+        trans_med = [0] + [int(round(med[k])) if k < len(med) and med[k] == med[k] else 0 for k in range(n - 1)]
+        trans_avg = [0] + [int(round(avg[k])) if k < len(avg) and avg[k] == avg[k] else 0 for k in range(n - 1)]
+        obj: dict[str, Any] = {
+            "events": [s.event_type for s in q.steps],
+            "cumulativeRaw": counts,
+            "cumulative": [_ratio(c, counts[0]) for c in counts],
+            "stepByStep": [1.0 if k == 0 else _ratio(counts[k], counts[k - 1]) for k in range(n)],
+            "medianTransTimes": trans_med,
+            "avgTransTimes": trans_avg,
+            "dayFunnels": {"xValues": days, "formattedXValues": days,
+                           "series": [grp["days"].get(d, [0] * n) for d in days]},
+        }
+        if q.group_by:
+            obj["groupValue"] = g if g != "" else "(none)"
+        out.append(obj)
+    return out

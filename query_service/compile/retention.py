@@ -1,0 +1,167 @@
+"""Retention (``/api/2/retention``): of the actors starting in an interval, how many return N intervals later.
+
+Rules (the marts' ``fct_retention_cohorts`` for ``se=_new``, ``re=_all``, daily; intervals are calendar
+days / weeks (Sunday) / months in the project's time zone):
+
+* an actor's cohort is the interval of its first starting event (``se``, with filters and the segment
+  ``s`` true on it) in [start, end]; ``se=_new`` = the actor's first event over all history falls there;
+  ``se=_active`` = any event; ``g`` groups by a property of that first starting event;
+* index 0 is the cohort itself (its size); for N ≥ 1, ``rm=n-day`` ("Return On") counts actors with a
+  returning event (``re``; ``_all``/``_active`` = any event) in exactly interval cohort+N, ``rm=rolling``
+  ("Return On or After") in cohort+N or any later interval, ``rm=bracket`` in any interval of the bracket;
+* returns are counted up to today; an interval that has not ended yet is ``incomplete: true``, later ones
+  are not listed; ``combined`` sums complete cohorts only (actors of incomplete intervals never enter a
+  denominator).
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from typing import Any
+
+from query_service.compile.common import (
+    Binder,
+    Compiled,
+    bucket_labels,
+    bucket_of_date,
+    event_match_sql,
+    events_source,
+    first_seen_sql,
+    local_midnight_ms,
+    prop_sql,
+    segments_sql,
+    utc_days_between,
+)
+from query_service.params import RetentionQuery
+
+MAX_INTERVALS = 400
+
+
+def _bucket_date(b: Binder, interval: str, tz: str) -> str:
+    z = b.bind(tz, "String")
+    if interval == "week":
+        return f"toStartOfWeek(toDate(event_time, {z}), 0)"
+    if interval == "month":
+        return f"toStartOfMonth(toDate(event_time, {z}))"
+    return f"toDate(event_time, {z})"
+
+
+def index_between(c: date, d: date, interval: str) -> int:
+    if interval == "day":
+        return (d - c).days
+    if interval == "week":
+        return (d - c).days // 7
+    return (d.year - c.year) * 12 + d.month - c.month
+
+
+def _today(q: RetentionQuery) -> date:
+    if q.today is None:
+        from datetime import datetime
+        from zoneinfo import ZoneInfo
+
+        return datetime.now(ZoneInfo(q.scope.timezone)).date()
+    return q.today
+
+
+def intervals(q: RetentionQuery) -> int:
+    if q.mode == "bracket":
+        return len(q.brackets) + 1
+    last = index_between(bucket_of_date(q.range.start, q.interval), bucket_of_date(_today(q), q.interval), q.interval)
+    return max(1, min(MAX_INTERVALS, last + 1))
+
+
+def compile_retention(q: RetentionQuery) -> Compiled:
+    b = Binder()
+    tz = q.scope.timezone
+    start_ms = local_midnight_ms(q.range.start, tz)
+    end_ms = local_midnight_ms(q.range.end + timedelta(days=1), tz)
+    today_end = max(end_ms, local_midnight_ms(_today(q) + timedelta(days=1), tz))
+    group = prop_sql(b, q.group_by[0]) if q.group_by else "''"
+    se = q.start_event
+    start_where = [event_match_sql(b, se), segments_sql(b, q.segments)]
+    if se.event_type == "_new":
+        fs = first_seen_sql(b, q.scope)
+        start_where.append(f"(actor_id, event_time, insert_id) IN (SELECT actor_id, first.1, first.2 FROM {fs})")
+    unit = {"day": "day", "week": "week", "month": "month"}[q.interval]
+    idx = ("intDiv(dateDiff('day', s.cohort, r.d), 7)" if unit == "week" else f"dateDiff('{unit}', s.cohort, r.d)")
+    k = intervals(q)
+    if q.mode == "n-day":
+        cond = "has(idxs, j)"
+    elif q.mode == "rolling":
+        cond = "notEmpty(idxs) AND arrayMax(idxs) >= j"
+    else:
+        lo = b.bind([0] + [x for x, _ in q.brackets], "Array(Int64)")
+        hi = b.bind([0] + [y for _, y in q.brackets], "Array(Int64)")
+        cond = f"arrayExists(x -> x >= {lo}[j + 1] AND x <= {hi}[j + 1], idxs)"
+    sql = f"""
+WITH starts AS (
+    SELECT actor_id, min(c) AS cohort, argMin(g, (event_time, insert_id)) AS g
+    FROM (SELECT actor_id, event_time, insert_id, {_bucket_date(b, q.interval, tz)} AS c, {group} AS g
+          FROM {events_source(b, q.scope, start_ms, end_ms)} WHERE {' AND '.join(f'({w})' for w in start_where)})
+    GROUP BY actor_id
+),
+returns AS (
+    SELECT DISTINCT actor_id, {_bucket_date(b, q.interval, tz)} AS d
+    FROM {events_source(b, q.scope, start_ms, today_end)} WHERE {event_match_sql(b, q.return_event)}
+),
+per_actor AS (
+    SELECT s.actor_id AS actor_id, s.cohort AS cohort, s.g AS g,
+           groupUniqArrayIf({idx}, r.actor_id != '' AND r.d > s.cohort) AS idxs
+    FROM starts AS s LEFT JOIN returns AS r ON r.actor_id = s.actor_id
+    GROUP BY s.actor_id, s.cohort, s.g
+)
+SELECT toString(cohort) AS cohort, g, count() AS size,
+       sumForEach(arrayMap(j -> toUInt64(j = 0 OR {cond}), range(0, {b.bind(k, 'UInt32')}))) AS counts
+FROM per_actor GROUP BY cohort, g ORDER BY cohort, g
+"""
+    return Compiled(sql=sql.strip(), params=b.params, project=q.scope.project,
+                    utc_days=utc_days_between(start_ms, today_end), all_history=se.event_type == "_new")
+
+
+def shape(q: RetentionQuery, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"series": [{"dates", "values": {date: [{"count", "outof", "incomplete"}, …]}, "combined"}], "seriesMeta"}``."""
+    today = _today(q)
+    today_bucket = bucket_of_date(today, q.interval)
+    dates = bucket_labels(q.range.start, q.range.end, q.interval, q.scope.timezone)
+    groups: dict[str, dict[str, tuple[int, list[int]]]] = {}
+    for r in rows:
+        groups.setdefault(r["g"], {})[r["cohort"]] = (int(r["size"]), [int(c) for c in r["counts"]])
+    if not groups:
+        groups[""] = {}
+    series, meta = [], []
+    for g in sorted(groups, key=lambda g: (-sum(s for s, _ in groups[g].values()), g)):
+        values: dict[str, list[dict[str, Any]]] = {}
+        combined: list[list[int]] = []
+        for d in dates:
+            c = date.fromisoformat(d)
+            size, counts = groups[g].get(d, (0, []))
+            cells = []
+            for j in range(intervals(q)):
+                lo, hi = (0, 0) if (q.mode != "bracket" or j == 0) else q.brackets[j - 1]
+                if q.mode != "bracket":
+                    lo = hi = j
+                first, last = _shift(c, lo, q.interval), _shift(c, hi, q.interval)
+                if first > today_bucket:
+                    break
+                incomplete = last >= today_bucket
+                count = size if j == 0 else (counts[j] if j < len(counts) else 0)
+                cells.append({"count": count, "outof": size, "incomplete": incomplete})
+                if not incomplete:
+                    while len(combined) <= j:
+                        combined.append([0, 0])
+                    combined[j][0] += count
+                    combined[j][1] += size
+            values[d] = cells
+        series.append({"dates": dates, "values": values,
+                       "combined": [{"count": c, "outof": o, "incomplete": False} for c, o in combined]})
+        meta.append({"segmentIndex": len(meta), **({"groupValue": g if g else "(none)"} if q.group_by else {})})
+    return {"series": series, "seriesMeta": meta}
+
+
+def _shift(c: date, n: int, interval: str) -> date:
+    if interval == "day":
+        return c + timedelta(days=n)
+    if interval == "week":
+        return c + timedelta(days=7 * n)
+    m = c.month - 1 + n
+    return date(c.year + m // 12, m % 12 + 1, 1)
