@@ -12,6 +12,10 @@ Bodies are JSON; bad input is a 400 ``{"error": …}`` naming the field; an unkn
 * ``GET /api/web/dashboards`` → ``{"dashboards": […]}``; ``POST`` ``{"name", "layout"}``;
   ``GET|PUT|DELETE /api/web/dashboards/{id}``. ``layout`` is a list of tiles ``{"chart_id", "x", "y", "w", "h"}``
   on a 12-column grid.
+* ``GET /api/web/funnel-users`` — the ``/api/2/funnels`` parameters plus ``step`` (1-based) →
+  ``{"users": [actor_id…], "step", "total"}``: up to ``limit`` (default 100, ≤ 1000) actors whose funnel path
+  reaches that step, computed by the API's own funnel SQL (``query_service.compile.funnel``), so the list
+  always agrees with the bar's count (``total``).
 * ``GET /api/web/event-types`` → ``{"event_types": [{"name", "count", "planned"}], "properties": {"event": […],
   "user": […]}}``: the event types seen in ``analytics.events`` for the project (read-only ClickHouse user)
   joined with the tracking plan's, and the property names a filter or group-by can use.
@@ -28,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from eventpipe_core.metadata import ChartStore, MetadataError, MetadataStore
+from eventpipe_core.metadata.projects_settings import get_timezone
 from eventpipe_core.settings import Settings
 from query_service.web_auth import Verify, request_project
 
@@ -58,6 +63,15 @@ async def _body(request: Request) -> dict[str, Any] | None:
 
 
 def saved_routes(store: ChartStore, meta_store: MetadataStore, settings: Settings, verify: Verify) -> list[Route]:
+    engines: list[Any] = []
+
+    def engine() -> Any:
+        if not engines:
+            from query_service.engine import Engine
+
+            engines.append(Engine.from_settings(settings))
+        return engines[0]
+
     def authed(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
             project = await asyncio.to_thread(request_project, request, verify)
@@ -122,6 +136,20 @@ def saved_routes(store: ChartStore, meta_store: MetadataStore, settings: Setting
             dash = await asyncio.to_thread(store.get_dashboard, project, dash_id)
         return JSONResponse(dash) if dash else _err(404, "no such dashboard")
 
+    async def funnel_users(request: Request, project: str) -> Response:
+        from query_service import params as P
+
+        try:
+            tz = await asyncio.to_thread(get_timezone, meta_store, project)
+            scope = P.Scope(project=project, timezone=tz, include_bots=P.parse_bool(request.query_params, "include_bots"))
+            q = P.parse_funnel(request.query_params, scope)
+            step = P.parse_int(request.query_params, "step", 1, 1, len(q.steps))
+            limit = P.parse_int(request.query_params, "limit", 100, 1, 1000)
+        except P.ParamError as exc:
+            return JSONResponse({"code": 400, "error": exc.message, "parameter": exc.param}, status_code=400)
+        users, total = await asyncio.to_thread(funnel_step_users, engine(), q, step, limit)
+        return JSONResponse({"users": users, "step": step, "total": total})
+
     async def event_types(request: Request, project: str) -> Response:
         return JSONResponse(await asyncio.to_thread(project_vocabulary, settings, meta_store, project))
 
@@ -132,6 +160,7 @@ def saved_routes(store: ChartStore, meta_store: MetadataStore, settings: Setting
         Route("/api/web/dashboards", authed(list_dashboards), methods=["GET"]),
         Route("/api/web/dashboards", authed(create_dashboard), methods=["POST"]),
         Route("/api/web/dashboards/{id}", authed(one_dashboard), methods=["GET", "PUT", "DELETE"]),
+        Route("/api/web/funnel-users", authed(funnel_users), methods=["GET"]),
         Route("/api/web/event-types", authed(event_types), methods=["GET"]),
     ]
 
@@ -169,3 +198,22 @@ def project_vocabulary(settings: Settings, meta_store: MetadataStore, project: s
         "event_types": [{"name": n, "count": counts.get(n, 0), "planned": n in planned} for n in names],
         "properties": {"event": [k for (k,) in keys], "user": list(BUILTIN_USER_PROPERTIES)},
     }
+
+
+FUNNEL_FINAL_SELECT = "\nSELECT 'day' AS kind"  # where compile_funnel's CTEs end and its counting begins
+
+
+def funnel_step_users(engine: Any, q: Any, step: int, limit: int) -> tuple[list[str], int]:
+    """Actors whose best funnel path (the ``best`` CTE of the API's funnel SQL) reaches ``step``."""
+    from dataclasses import replace
+
+    from query_service.compile.funnel import compile_funnel
+
+    compiled = compile_funnel(q)
+    head, found, _ = compiled.sql.partition(FUNNEL_FINAL_SELECT)
+    if not found:  # the funnel SQL changed shape: fail loudly in tests rather than list the wrong users
+        raise RuntimeError("query_service.compile.funnel no longer ends with its 'day'/'all' SELECT")
+    sql = (f"{head}\nSELECT actor_id, count() OVER () AS total FROM best WHERE b.1 >= {int(step)} "
+           f"ORDER BY actor_id LIMIT {int(limit)}")
+    rows = engine.run(replace(compiled, sql=sql)).rows
+    return [str(r["actor_id"]) for r in rows], int(rows[0]["total"]) if rows else 0

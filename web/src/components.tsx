@@ -188,17 +188,6 @@ export interface Filter {
 
 export const FILTER_OPS = ['is', 'is not', 'contains', 'does not contain', 'less', 'greater', 'set is', 'set is not']
 
-/** Amplitude's segment-filter form: {prop, op, values[]} (`s` parameter) from the UI's rows. */
-export function toSegments(filters: Filter[]): object[] {
-  return filters
-    .filter((f) => f.prop)
-    .map((f) => ({
-      prop: f.prop!.type === 'user' ? f.prop!.value : `gp:${f.prop!.value}`,
-      op: f.op,
-      values: f.values.split(',').map((v) => v.trim()).filter(Boolean),
-    }))
-}
-
 /** Event filters inside an event object (`e` parameter): Amplitude's subprop form. */
 export function toEventFilters(filters: Filter[]): object[] {
   return filters

@@ -41,7 +41,7 @@ export function funnelParams(d: FunnelDef) {
     e: d.steps.map((s) => JSON.stringify({ event_type: s })),
     mode: d.mode,
     cs: d.window,
-    g: d.groupBy ? (d.groupBy.type === 'user' ? d.groupBy.value : `gp:${d.groupBy.value}`) : undefined,
+    g: d.groupBy ? (d.groupBy.type === 'user' ? d.groupBy.value : `ep:${d.groupBy.value}`) : undefined,
     start: compact(d.start),
     end: compact(d.end),
   }
