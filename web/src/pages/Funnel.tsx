@@ -8,6 +8,7 @@ import {
   useDroppable,
   useSensor,
   useSensors,
+  type CollisionDetection,
   type DragEndEvent,
 } from '@dnd-kit/core'
 import { SortableContext, arrayMove, sortableKeyboardCoordinates, useSortable, verticalListSortingStrategy } from '@dnd-kit/sortable'
@@ -25,6 +26,14 @@ export interface FunnelDef {
 }
 
 export const funnelDefault = (): FunnelDef => ({ steps: [], window: String(7 * 86400), mode: 'ordered', groupBy: null, start: daysAgo(7), end: daysAgo(0) })
+
+// A step being reordered collides with the other steps only (the zone around them would otherwise win, its
+// centre being the middle step's); an event card from the palette collides with the steps and the zone.
+const collision: CollisionDetection = (args) => {
+  const reordering = String(args.active.id).startsWith('step:')
+  const droppableContainers = reordering ? args.droppableContainers.filter((c) => String(c.id).startsWith('step:')) : args.droppableContainers
+  return closestCenter({ ...args, droppableContainers })
+}
 
 export interface FunnelGroup {
   cumulative: number[]
@@ -245,7 +254,7 @@ export default function Funnel({ def, setDef, vocab }: { def: FunnelDef; setDef:
   return (
     <section className="page" data-testid="page-funnel">
       <h1>Funnel</h1>
-      <DndContext sensors={sensors} collisionDetection={closestCenter} onDragEnd={onDragEnd}>
+      <DndContext sensors={sensors} collisionDetection={collision} onDragEnd={onDragEnd}>
         <div className="funnel-builder">
           <div className="palette" data-testid="palette">
             <h4>Events</h4>
