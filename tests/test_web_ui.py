@@ -64,7 +64,7 @@ def stack(chserver: ChServer, tmp_path_factory: pytest.TempPathFactory) -> Itera
     end_ms = int(datetime.combine(config.last_day + timedelta(days=1), datetime.min.time(), UTC).timestamp() * 1000)
     try:
         yield {"url": api.url, "key": key, "secret": secret, "home": home, "config": config, "events": events,
-               "funnel": expected_funnel(SIGNUP, events, start_ms, end_ms)}
+               "funnel": expected_funnel(SIGNUP, events, start_ms, end_ms), "env": env, "client": client}
     finally:
         api.stop()
         admin.command(f"DROP DATABASE IF EXISTS {database}")
@@ -138,13 +138,49 @@ def test_funnel_users_agree_with_the_funnel(stack: dict[str, Any]) -> None:
     assert bad.status_code == 400 and bad.json()["parameter"] == "step"
 
 
-def test_browser(stack: dict[str, Any], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def marts(stack: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[int]]:
+    """dbt's fct_funnels built on the same events: entry day -> users per step of the signup funnel."""
+    from eventpipe_core.settings import load_settings
+    from tests.test_dbt_marts import run_dbt
+
+    env = stack["env"]
+    settings = load_settings(eventpipe_home=stack["home"], clickhouse_url=env["CLICKHOUSE_URL"],
+                             clickhouse_ttl_days=int(env["CLICKHOUSE_TTL_DAYS"]))
+    result = run_dbt(settings, tmp_path_factory.mktemp("dbt"), "run", "--select", "+fct_funnels")
+    assert result.returncode == 0, result.stdout[-4000:]
+    rows = stack["client"].query(
+        "SELECT toString(entry_date), groupArray(users) FROM (SELECT * FROM fct_funnels WHERE funnel_name = {f:String} "
+        "AND project = 'demo' ORDER BY entry_date, step_index) GROUP BY entry_date ORDER BY entry_date",
+        parameters={"f": SIGNUP.name}).result_rows
+    return {day: [int(x) for x in users] for day, users in rows}
+
+
+def test_api_funnel_equals_the_marts(stack: dict[str, Any], marts: dict[str, list[int]]) -> None:
+    """Per entry day the API's dayFunnels equal fct_funnels; the range's bars equal the days added up."""
+    cfg = stack["config"]
+    params = [("e", json.dumps({"event_type": s})) for s in SIGNUP.steps] + [
+        ("cs", str(SIGNUP.window_seconds)), ("start", cfg.first_day.strftime("%Y%m%d")),
+        ("end", cfg.last_day.strftime("%Y%m%d"))]
+    api = httpx.get(f"{stack['url']}/api/2/funnels", params=params, auth=(stack["key"], stack["secret"])).json()["data"][0]
+    days = api["dayFunnels"]
+    api_days = {d: c for d, c in zip(days["xValues"], days["series"], strict=True) if c[0]}
+    assert api_days == marts and len(marts) == cfg.days
+    # every actor enters on one day only here, so the range's bars are the mart's days added up
+    assert marts_totals(marts) == api["cumulativeRaw"] == stack["funnel"]
+
+
+def marts_totals(marts: dict[str, list[int]]) -> list[int]:
+    return [sum(m[k] for m in marts.values()) for k in range(len(SIGNUP.steps))]
+
+
+def test_browser(stack: dict[str, Any], marts: dict[str, list[int]], tmp_path: Path) -> None:
     """Playwright (web/tests/ui.spec.ts) in Debian's chromium against the stack."""
     if shutil.which("chromium") is None and not Path("/usr/bin/chromium").exists():
         pytest.fail("chromium is not installed: apt-get install -y chromium (.ci/run does it)")
     cfg = stack["config"]
     expected = tmp_path / "expected.json"
-    expected.write_text(json.dumps({"funnel": stack["funnel"], "steps": list(SIGNUP.steps),
+    expected.write_text(json.dumps({"funnel": stack["funnel"], "marts": marts_totals(marts), "steps": list(SIGNUP.steps),
                                     "window": SIGNUP.window_seconds}))
     out = tmp_path / "playwright"
     env = dict(os.environ) | {

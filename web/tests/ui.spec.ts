@@ -8,7 +8,7 @@ const KEY = process.env.EP_API_KEY ?? ''
 const SECRET = process.env.EP_SECRET_KEY ?? ''
 const START = process.env.EP_START ?? ''
 const END = process.env.EP_END ?? ''
-const expected = JSON.parse(readFileSync(process.env.EP_EXPECTED ?? '', 'utf8')) as { funnel: number[]; steps: string[]; window: number }
+const expected = JSON.parse(readFileSync(process.env.EP_EXPECTED ?? '', 'utf8')) as { funnel: number[]; marts: number[]; steps: string[]; window: number }
 const basic = { Authorization: `Basic ${Buffer.from(`${KEY}:${SECRET}`).toString('base64')}` }
 const compact = (d: string) => d.replaceAll('-', '')
 
@@ -121,9 +121,11 @@ test('funnel built by drag and drop equals the API and the ground truth', async 
     ['end', compact(END)],
   ])
   const api = data[0]
-  expect(api.cumulativeRaw).toEqual(expected.funnel) // the API equals the demo's ground truth (= the marts)
+  expect(api.cumulativeRaw).toEqual(expected.funnel) // the API equals the demo's ground truth
+  expect(api.cumulativeRaw).toEqual(expected.marts) // and dbt's fct_funnels (its entry days added up)
   for (let i = 0; i < 3; i++) {
     await expect(page.getByTestId(`funnel-count-0-${i}`)).toHaveText(String(api.cumulativeRaw[i]))
+    await expect(page.getByTestId(`funnel-count-0-${i}`)).toHaveText(String(expected.marts[i]))
     await expect(page.getByTestId(`funnel-pct-0-${i}`)).toHaveText(`${(api.cumulative[i] * 100).toFixed(1)}%`)
   }
   await expect(page.getByTestId('funnel-median-0-1')).not.toHaveText('–')
