@@ -111,7 +111,7 @@ per_actor AS (
     GROUP BY s.actor_id, s.cohort, s.g
 )
 SELECT toString(cohort) AS cohort, g, count() AS size,
-       sumForEach(arrayMap(j -> toUInt64(j = 0 OR {cond}), range(0, {b.bind(k, 'UInt32')}))) AS counts
+       sumForEach(arrayMap(j -> toUInt64(j = 0 OR ({cond})), range(0, {b.bind(k, 'UInt32')}))) AS counts
 FROM per_actor GROUP BY cohort, g ORDER BY cohort, g
 """
     return Compiled(sql=sql.strip(), params=b.params, project=q.scope.project,
