@@ -17,7 +17,8 @@ Bodies are JSON; bad input is a 400 ``{"error": …}`` naming the field; an unkn
   reaches that step, computed by the API's own funnel SQL (``query_service.compile.funnel``), so the list
   always agrees with the bar's count (``total``).
 * ``GET /api/web/event-types`` → ``{"event_types": [{"name", "count", "planned"}], "properties": {"event": […],
-  "user": […]}}``: the event types seen in ``analytics.events`` for the project (read-only ClickHouse user)
+  "user": […]}}``: the event types seen in ``analytics.events`` for the project (bots excluded, as the API
+  does; read-only ClickHouse user), most frequent first,
   joined with the tracking plan's, and the property names a filter or group-by can use.
 """
 
@@ -176,7 +177,7 @@ def project_vocabulary(settings: Settings, meta_store: MetadataStore, project: s
     )
     try:
         seen = client.query(
-            f"SELECT event_type, count() FROM {t.database}.events WHERE project = {{p:String}} "
+            f"SELECT event_type, count() FROM {t.database}.events WHERE project = {{p:String}} AND is_bot = 0 "
             "GROUP BY event_type ORDER BY count() DESC, event_type LIMIT 1000",
             parameters={"p": project},
         ).result_rows

@@ -123,6 +123,22 @@ def test_sign_in_cookie_csrf_and_sign_out(stack: dict[str, Any]) -> None:
     assert c.get("/api/web/charts").status_code == 401
 
 
+def test_event_types_are_the_projects_and_its_plan(stack: dict[str, Any]) -> None:
+    from collections import Counter
+
+    store = MetadataStore(stack["env"]["METADATA_DB_URL"])
+    store.set_schema("demo", "checkout_started", {"type": "object"})  # planned, never seen
+    store.dispose()
+    c, _ = _sign_in(stack)
+    vocab = c.get("/api/web/event-types").json()
+    seen = Counter(e["event_type"] for e in stack["events"] if not e["is_bot"])
+    got = {e["name"]: (e["count"], e["planned"]) for e in vocab["event_types"]}
+    assert got == {name: (n, False) for name, n in seen.items()} | {"checkout_started": (0, True)}
+    assert [e["count"] for e in vocab["event_types"]] == sorted((e["count"] for e in vocab["event_types"]), reverse=True)
+    assert "country" in vocab["properties"]["user"] and vocab["properties"]["event"]
+    assert httpx.get(f"{stack['url']}/api/web/event-types").status_code == 401
+
+
 def test_funnel_users_agree_with_the_funnel(stack: dict[str, Any]) -> None:
     c, _ = _sign_in(stack)
     cfg = stack["config"]
