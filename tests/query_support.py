@@ -68,5 +68,10 @@ def load_events(client: Any, events: list[dict[str, Any]], project: str, databas
 
 
 def insert_append(client: Any, events: list[dict[str, Any]], project: str) -> None:
-    """Append rows to hours shared with other projects (tests isolate by project, not by hour)."""
-    client.insert_arrow("events", enriched_rows(events, project))
+    """Append rows to hours shared with other projects (tests isolate by project, not by hour).
+
+    At most 48 hours per insert: ClickHouse refuses blocks spanning more than 100 partitions."""
+    hours = sorted({e["time"] // HOUR_MS for e in events})
+    for i in range(0, len(hours), 48):
+        chunk = set(hours[i:i + 48])
+        client.insert_arrow("events", enriched_rows([e for e in events if e["time"] // HOUR_MS in chunk], project))
