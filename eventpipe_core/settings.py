@@ -172,6 +172,11 @@ class Settings(BaseSettings):
     anomaly_model: Literal["prophet", "robust"] = "prophet"  # forecast band model (robust = seasonal median/MAD)
     export_max_hours: int = Field(default=24 * 31, ge=1)  # widest /api/2/export range (Amplitude: 365 days)
 
+    # --- web UI (web/, served by the query service) --------------------------------------------
+    web_dist_dir: Path | None = None  # built UI (index.html + assets/); default: the repository's web/dist
+    web_session_hours: float = Field(default=12.0, gt=0, le=24 * 30)  # sign-in cookie lifetime
+    web_cookie_secure: bool = False  # set the session cookie's Secure flag (serve the UI over HTTPS in production)
+
     @field_validator("kafka_bootstrap_servers")
     @classmethod
     def _check_bootstrap(cls, v: str) -> str:

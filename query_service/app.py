@@ -176,6 +176,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
         Route("/docs", docs),
     ]
     app = Starlette(routes=routes)
+    from query_service.web import install_web_ui  # the web UI (issue 15): sign-in cookie, saved charts, web/dist at /
+
+    install_web_ui(app, settings, lambda key, secret: (auth.lookup(key, secret) or (None,))[0], store)
     app.state.engine = engine
     app.state.store = store
     return app

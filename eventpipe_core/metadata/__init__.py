@@ -10,6 +10,7 @@ idempotent step in ``MetadataStore.ensure_schema``.
 
 # Feature modules: importing them registers their tables on ``meta``.
 from eventpipe_core.metadata import alerts, cohorts, projects_settings, secrets  # noqa: E402, F401
+from eventpipe_core.metadata.charts import CHART_KINDS, ChartStore, WebSession, charts, dashboards, web_sessions  # noqa: E402
 from eventpipe_core.metadata.funnels import FunnelDef, FunnelRegistry, funnels, parse_steps, parse_window
 from eventpipe_core.metadata.store import (
     ENFORCEMENT_MODES,
@@ -26,6 +27,12 @@ from eventpipe_core.metadata.store import (
 )
 
 __all__ = [
+    "CHART_KINDS",
+    "ChartStore",
+    "WebSession",
+    "charts",
+    "dashboards",
+    "web_sessions",
     "ENFORCEMENT_MODES",
     "FunnelDef",
     "FunnelRegistry",
