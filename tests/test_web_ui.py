@@ -40,11 +40,11 @@ def stack(chserver: ChServer, tmp_path_factory: pytest.TempPathFactory) -> Itera
     if not (WEB / "dist" / "index.html").is_file():
         pytest.fail("web/dist is not built: run `make setup`")
     home = tmp_path_factory.mktemp("webui")
-    database = f"web_{uuid.uuid4().hex[:8]}"
-    admin = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="",
+    database = f"t_web_{uuid.uuid4().hex[:8]}"  # t_*: a database the session chserver lets readers read
+    admin = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password,
                                           autogenerate_session_id=False)
     admin.command(f"CREATE DATABASE {database}")
-    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password="",
+    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default", password=chserver.password,
                                            database=database, autogenerate_session_id=False)
     config = DemoConfig(users=300, days=7, project="demo")
     data = generate(config)
@@ -58,6 +58,7 @@ def stack(chserver: ChServer, tmp_path_factory: pytest.TempPathFactory) -> Itera
     env = dict(os.environ) | {
         "EVENTPIPE_HOME": str(home), "CLICKHOUSE_URL": chserver.clickhouse_url.rsplit("/", 1)[0] + f"/{database}",
         "METADATA_DB_URL": db_url, "CLICKHOUSE_TTL_DAYS": str(TTL_DAYS),
+        "CLICKHOUSE_SERVICE_PASSWORD": chserver.service_password, "LAKE_URL": f"file://{chserver.data_dir.parent / 'lake'}",
     }
     api = start_query_api(env, free_port(), home / "query-api.log")
     start_ms = int(datetime.combine(config.first_day, datetime.min.time(), UTC).timestamp() * 1000)
