@@ -4,7 +4,8 @@
   does (the ``verify`` callable the app passes in), stores a session (``web_sessions``, see
   :mod:`eventpipe_core.metadata.charts`) and sets cookie ``ep_session`` (HttpOnly, SameSite=Strict, Path=/,
   Secure when ``WEB_COOKIE_SECURE``). It answers ``{"project", "csrf_token", "expires_at"}``; 401 with
-  ``{"error"}`` for a wrong pair, 400 for a malformed body.
+  ``{"error"}`` for a wrong pair, 400 for a malformed body, 415 unless the body is ``application/json`` and
+  403 for a foreign ``Origin`` (no login CSRF: a cross-site form can send neither).
 * ``GET /api/web/session`` → the same for the current cookie (401 without one); ``DELETE`` signs out
   (row deleted, cookie cleared).
 * :class:`SessionAuthMiddleware` turns a valid cookie into the request's ``Authorization: Basic …`` header
@@ -129,6 +130,12 @@ def session_routes(store: ChartStore, settings: Settings, verify: Verify) -> lis
         return {"project": session.project, "csrf_token": session.csrf_token, "expires_at": session.expires_at.isoformat()}
 
     async def sign_in(request: Request) -> Response:
+        # Login CSRF: a cross-site page can neither send a JSON body without a CORS preflight nor fake Origin.
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            return _json_error(415, "sign-in takes a JSON body (Content-Type: application/json)")
+        origin = request.headers.get("origin")
+        if origin and origin != "null" and urlsplit(origin).netloc != request.headers.get("host", ""):
+            return _json_error(403, "cross-origin request refused")
         try:
             body = await request.json()
         except ValueError:

@@ -91,6 +91,11 @@ def test_sign_in_cookie_csrf_and_sign_out(stack: dict[str, Any]) -> None:
     wrong = httpx.post(f"{url}/api/web/session", json={"api_key": stack["key"], "secret_key": "0" * 64})
     assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
     assert httpx.post(f"{url}/api/web/session", json={"api_key": stack["key"]}).status_code == 400
+    creds = {"api_key": stack["key"], "secret_key": stack["secret"]}
+    form = httpx.post(f"{url}/api/web/session", data=creds)  # what a cross-site <form> could send
+    assert form.status_code == 415 and "set-cookie" not in form.headers
+    foreign = httpx.post(f"{url}/api/web/session", json=creds, headers={"Origin": "http://evil.example"})
+    assert foreign.status_code == 403 and "set-cookie" not in foreign.headers
 
     c, csrf = _sign_in(stack)
     cookie = c.cookies.jar._cookies  # type: ignore[attr-defined]

@@ -248,6 +248,12 @@ test('phone width: the funnel page fits and the menu opens', async () => {
   await shot('funnel-phone')
   await page.getByLabel('menu').click()
   await expect(page.getByTestId('nav-retention')).toBeVisible()
+  // on a phone, tapping event cards adds them as steps (no drag needed)
+  await page.getByTestId('nav-retention').click()
+  await page.goto('/#/funnel')
+  for (const s of expected.steps) await page.getByTestId(`palette-${s}`).click()
+  for (const [i, s] of expected.steps.entries()) await expect(page.getByTestId(`step-${i}`)).toContainText(s)
+  await expect(page.getByTestId('step-3')).toHaveCount(0)
   await page.setViewportSize({ width: 1280, height: 800 })
 })
 

@@ -62,7 +62,7 @@ function groupName(g: FunnelGroup, i: number): string {
   return Array.isArray(v) ? v.join(', ') : String(v)
 }
 
-function PaletteCard({ name }: { name: string }) {
+function PaletteCard({ name, onAdd }: { name: string; onAdd: () => void }) {
   const { attributes, listeners, setNodeRef, transform, isDragging } = useDraggable({ id: `palette:${name}` })
   return (
     <div
@@ -70,6 +70,8 @@ function PaletteCard({ name }: { name: string }) {
       className={`card ${isDragging ? 'dragging' : ''}`}
       style={{ transform: CSS.Translate.toString(transform) }}
       data-testid={`palette-${name}`}
+      onClick={onAdd}
+      title="drag into the steps (or click to add it as the last step)"
       {...listeners}
       {...attributes}
     >
@@ -259,7 +261,7 @@ export default function Funnel({ def, setDef, vocab }: { def: FunnelDef; setDef:
           <div className="palette" data-testid="palette">
             <h4>Events</h4>
             {(vocab?.event_types ?? []).map((e) => (
-              <PaletteCard key={e.name} name={e.name} />
+              <PaletteCard key={e.name} name={e.name} onAdd={() => def.steps.length < 10 && set({ steps: [...def.steps, e.name] })} />
             ))}
             {vocab && vocab.event_types.length === 0 && <div className="hint">This project has no events yet.</div>}
           </div>
