@@ -131,6 +131,7 @@ def test_segmentation_time_zone(api: dict[str, Any]) -> None:
     ({"end": "20260199"}, "end"),
     ({"start": "20260205"}, "end"),
     ({"m": "median"}, "m"),
+    ({"m": "histogram", "e": json.dumps({"event_type": "buy", "group_by": [{"type": "event", "value": "price"}]})}, "m"),
     ({"i": "2"}, "i"),
     ({"limit": "x"}, "limit"),
     ({"s": "[1]"}, "s[0]"),
