@@ -27,11 +27,11 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from enrichment.lake_io import hours_between
 from eventpipe_core.lake_catalog import CommitRecord, committed_objects, iter_commit_records
 from eventpipe_core.settings import Settings
 from orchestration.clickhouse.assets import CLICKHOUSE_EVENTS
 from orchestration.lake.assets import ENRICHED_EVENTS, RAW_EVENTS
-from orchestration.lake.io import hours_between
 from orchestration.partitions import HOURLY_FMT, hourly_partitions
 from orchestration.resources import LakeResource
 
