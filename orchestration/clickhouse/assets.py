@@ -2,11 +2,13 @@
 
 
 import io
+from datetime import date
 
 import dagster as dg
 import pyarrow.parquet as pq
 
 from enrichment.lake_io import hours_between, read_enriched
+from eventpipe_core import data_versions
 from eventpipe_core.settings import Settings
 from orchestration.clickhouse.load import load_hour
 from orchestration.lake.assets import ENRICHED_EVENTS
@@ -21,6 +23,14 @@ from orchestration.partitions import (
 from orchestration.resources import ClickHouseResource, LakeResource
 
 CLICKHOUSE_EVENTS = dg.AssetKey("clickhouse_events")
+
+
+def bump_loaded_days(settings: Settings, touched: dict[date, set[str]]) -> None:
+    """Bump the data versions (query cache, :mod:`eventpipe_core.data_versions`) of the loaded days, per project
+    present in the new rows. A re-enriched hour keeps every project it had (events are only ever added), so the
+    projects of the new file cover those of the replaced one; a day whose hours came out empty bumps every project."""
+    for day, projects in touched.items():
+        data_versions.bump(settings, data_versions.EVENTS, [day], projects or None)
 
 
 def build_clickhouse_events(settings: Settings) -> dg.AssetsDefinition:
@@ -49,16 +59,22 @@ def _build(settings: Settings) -> dg.AssetsDefinition:
         client = clickhouse.ready_client()
         window = context.partition_time_window
         loaded = 0
+        touched: dict[date, set[str]] = {}
         for hour in hours_between(window.start, window.end):
             data = read_enriched(store, hour)
             if data is None:
                 raise dg.Failure(f"enriched_events has no output for {hour:%Y-%m-%d %H:00}; materialize it first")
-            rows = pq.ParquetFile(io.BytesIO(data)).metadata.num_rows
+            parquet = pq.ParquetFile(io.BytesIO(data))
+            rows = parquet.metadata.num_rows
+            projects = set(parquet.read(columns=["project"]).column("project").unique().to_pylist()) if rows else set()
             count = load_hour(client, clickhouse.plan, hour, data, rows)
             if count != rows:
                 raise dg.Failure(f"{hour:%Y-%m-%d %H:00}: loaded {rows} rows but the hour holds {count}")
             loaded += rows
+            touched.setdefault(hour.date(), set()).update(projects)
             context.log.info(f"loaded {hour:%Y-%m-%d %H:00}: {rows} rows")
+        # the query cache's data versions of the (project, day)s rewritten (an emptied hour: every project's)
+        bump_loaded_days(settings, touched)
         return dg.MaterializeResult(metadata={"rows": dg.MetadataValue.int(loaded), "table": clickhouse.plan.events_table})
 
     return clickhouse_events

@@ -40,6 +40,9 @@ def build_cohort_members(settings: Settings) -> dg.AssetsDefinition:
         client = clickhouse.ready_client()
         client.database = clickhouse.target.database  # the membership SQL names tables unqualified, like the API's
         counts = materialize_all(client, clickhouse.target.database, store, day)
+        from eventpipe_core import data_versions  # cached answers with a cohort segment read the latest snapshot
+
+        data_versions.bump(settings, "cohort_members", [day])
         context.log.info("cohort_members %s: %s", day, counts)
         return dg.MaterializeResult(metadata={"cohorts": len(counts), "members": sum(counts.values()),
                                               "sizes": dg.MetadataValue.json(counts)})

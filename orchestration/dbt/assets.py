@@ -80,6 +80,23 @@ def dbt_vars(context: dg.AssetExecutionContext, settings: Settings) -> dict[str,
     return {**partition_vars(context), "project_funnels": registry_funnels(settings)}
 
 
+def bump_mart_versions(context: dg.AssetExecutionContext, settings: Settings) -> None:
+    """The query cache's data versions (:mod:`eventpipe_core.data_versions`) of every mart this run rebuilt, for
+    the run's days and all projects (a mart's table name is its asset key's last part)."""
+    from datetime import timedelta
+
+    from eventpipe_core import data_versions
+
+    window = context.partition_time_window
+    days, d = [], window.start.date()
+    while d < window.end.date():
+        days.append(d)
+        d += timedelta(days=1)
+    for key in context.selected_asset_keys:
+        if key != CLICKHOUSE_EVENTS:
+            data_versions.bump(settings, key.path[-1], days)
+
+
 def build_dbt_assets(settings: Settings) -> dg.AssetsDefinition:
     project = dbt_project(dbt_target_dir(settings))
 
@@ -95,5 +112,6 @@ def build_dbt_assets(settings: Settings) -> dg.AssetsDefinition:
     def dbt_marts(context: AssetExecutionContext, dbt: DbtCliResource) -> Iterator[Any]:
         args = ["build", "--exclude-resource-type", "unit_test", "--vars", json.dumps(dbt_vars(context, settings))]
         yield from dbt.cli(args, context=context).stream()
+        bump_mart_versions(context, settings)
 
     return dbt_marts
