@@ -3,8 +3,9 @@
 An endpoint plugs in with a *planner* ``(query params, scope) -> Plan``: the parsed and compiled form of the
 request, pure and cheap (no I/O), known before anything runs. From it:
 
-* **key** = endpoint + project + time zone + bots flag + the compiled SQL and bound parameters of every query the
-  answer runs (the normalized request: equal answers, equal SQL) + the **data versions** of exactly the
+* **key** = endpoint + project + time zone + bots flag + the parsed request (the normalized request: JSON spelling
+  and parameter order do not matter) + the compiled SQL and bound parameters of every query the answer runs (so
+  e.g. a cohort's definition is in it) + the **data versions** of exactly the
   partitions they read — per (project, UTC day) of ``analytics.events`` (``Compiled.utc_days``; every day when
   ``all_history``) and per table for marts (``Plan.tables``), bumped by every load
   (:mod:`eventpipe_core.data_versions`). An answer is served until a load rewrites a day it covers, and exactly
@@ -69,6 +70,7 @@ class Plan:
     interval: str = "day"
     tables: tuple[tuple[str, tuple[date, ...], bool], ...] = ()  # other tables read: (name, UTC days, all history)
     extra: tuple[str, ...] = ()  # request options outside the SQL that change the answer (e.g. a model name)
+    query: Any = None  # the parsed request (a frozen dataclass; its repr is part of the key: limit, shaping options)
 
     def reads(self) -> list[tuple[str, tuple[date, ...], bool]]:
         days = sorted({d for c in self.compiled for d in c.utc_days})
@@ -163,7 +165,7 @@ class QueryCache:
 
     @staticmethod
     def request_key(kind: str, plan: Plan, scope: P.Scope) -> str:
-        doc = [kind, scope.project, scope.timezone, scope.include_bots, list(plan.extra),
+        doc = [kind, scope.project, scope.timezone, scope.include_bots, list(plan.extra), repr(plan.query),
                [[c.sql, sorted(c.params.items()), sorted(c.settings.items())] for c in plan.compiled]]
         return hashlib.sha256(orjson.dumps(doc, default=str, option=orjson.OPT_NON_STR_KEYS)).hexdigest()
 

@@ -33,21 +33,21 @@ def segmentation(params: Mapping[str, Any], scope: P.Scope) -> Plan:
         extra = ("forecast", str(params.get("forecast_model") or ""))
         if q.interval in TRAINING_WINDOW:  # else the handler answers 400
             compiled.append(seg.compile_segmentation(history_query(q)))
-    return Plan(tuple(compiled), query_cost(q), q.range, q.interval, extra=extra)
+    return Plan(tuple(compiled), query_cost(q), q.range, q.interval, extra=extra, query=q)
 
 
 def funnels(params: Mapping[str, Any], scope: P.Scope) -> Plan:
     from query_service.compile import funnel
 
     q = P.parse_funnel(params, scope)
-    return Plan((funnel.compile_funnel(q),), query_cost(q), q.range, "day")
+    return Plan((funnel.compile_funnel(q),), query_cost(q), q.range, "day", query=q)
 
 
 def retention(params: Mapping[str, Any], scope: P.Scope) -> Plan:
     from query_service.compile import retention as ret
 
     q = P.parse_retention(params, scope, today=_today(scope.timezone))
-    return Plan((ret.compile_retention(q),), query_cost(q), q.range, q.interval)
+    return Plan((ret.compile_retention(q),), query_cost(q), q.range, q.interval, query=q)
 
 
 def users(params: Mapping[str, Any], scope: P.Scope) -> Plan:
@@ -57,7 +57,7 @@ def users(params: Mapping[str, Any], scope: P.Scope) -> Plan:
     q = P.SegmentationQuery(scope=scope, events=(P.EventSpec("_new" if u.metric == "new" else "_active"),),
                             range=u.range, metric="uniques", interval=u.interval, segments=u.segments,
                             group_by=u.group_by, limit=1000)  # as app.py's users handler
-    return Plan((seg.compile_segmentation(q),), query_cost(u), u.range, u.interval)
+    return Plan((seg.compile_segmentation(q),), query_cost(u), u.range, u.interval, query=u)
 
 
 PLANNERS: dict[str, Planner] = {"segmentation": segmentation, "funnels": funnels, "retention": retention,
