@@ -167,6 +167,11 @@ class Settings(BaseSettings):
     query_api_port: int = Field(default=8090, ge=1, le=65535)
     query_max_execution_s: float = Field(default=60.0, gt=0)  # per ClickHouse query of the API
     query_auth_cache_s: float = Field(default=5.0, ge=0)  # how long a verified api_key:secret_key stays trusted
+    # POST /api/sql (query_service/sql_api.py): limits of each caller's SQL query, sent as ClickHouse settings
+    # (never above chserver's CHSERVER_READER_MAX_* for the read-only user; 0 = no limit of ours).
+    sql_max_execution_time: int = Field(default=30, ge=1)  # seconds
+    sql_max_memory_usage: int = Field(default=2 << 30, ge=0)  # bytes
+    sql_max_result_rows: int = Field(default=100_000, ge=0)  # rows of the answer (more: 400, add a LIMIT)
 
     # --- issue 16: anomaly detection, alerts, cohorts, export ------------------------------------
     anomaly_model: Literal["prophet", "robust"] = "prophet"  # forecast band model (robust = seasonal median/MAD)
