@@ -201,6 +201,8 @@ def _check_tree(root: exp.Expression, database: str) -> tuple[list[exp.Table], s
 
 def _check_table(node: exp.Table, database: str) -> exp.Table | None:
     target = node.this
+    if isinstance(target, exp.Placeholder):
+        raise _refuse("a table name cannot be a parameter (bind values, not names)")
     if not isinstance(target, exp.Identifier):
         raise _refuse("table functions are not available in the SQL API: read events or the marts", 403)
     if node.args.get("catalog") is not None:
