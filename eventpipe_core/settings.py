@@ -177,6 +177,11 @@ class Settings(BaseSettings):
     query_limit_hourly_cost: int = Field(default=36_000, ge=1)  # per project: cost started in the last hour
     query_limit_concurrent: int = Field(default=5, ge=1)  # per project: queries running at once
     query_cost_sql_rows_per_unit: int = Field(default=1_000_000, ge=1)  # /api/sql: rows to read per cost unit
+    # POST /api/sql (query_service/sql_api.py): limits of each caller's SQL query, sent as ClickHouse settings
+    # (never above chserver's CHSERVER_READER_MAX_* for the read-only user; 0 = no limit of ours).
+    sql_max_execution_time: int = Field(default=30, ge=1)  # seconds
+    sql_max_memory_usage: int = Field(default=2 << 30, ge=0)  # bytes
+    sql_max_result_rows: int = Field(default=100_000, ge=0)  # rows of the answer (more: 400, add a LIMIT)
 
     # --- issue 16: anomaly detection, alerts, cohorts, export ------------------------------------
     anomaly_model: Literal["prophet", "robust"] = "prophet"  # forecast band model (robust = seasonal median/MAD)

@@ -31,6 +31,7 @@ from query_service import params as P
 from query_service.cohorts_api import cohort_routes
 from query_service.engine import Engine, QueryFailed
 from query_service.export_api import export_handler
+from query_service.sql_api import sql_route
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
         Route("/api/2/users", guarded(cached("users", users))),
         Route("/api/2/export", guarded(export_handler(settings))),  # issue 16: raw export (query_service/export_api.py)
         *cohort_routes(store, engine, guarded),  # issue 16: cohorts (query_service/cohorts_api.py)
+        sql_route(settings, engine, guarded),  # issue 14: POST /api/sql (query_service/sql_api.py)
         Route("/healthz", healthz),
         Route("/openapi.json", openapi),
         Route("/docs", docs),
