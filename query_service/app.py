@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
     engine = engine or Engine.from_settings(settings)
     auth = Auth(store, settings.query_auth_cache_s)
     from query_service.cache import QueryCache  # issue 14: Redis result cache + query limits (query_service/cache.py)
-    from query_service.plans import PLANNERS
+    from query_service.plans import PLANNERS, sql_planner
 
     qcache = QueryCache(settings)
 
@@ -179,7 +179,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
         Route("/api/2/users", guarded(cached("users", users))),
         Route("/api/2/export", guarded(export_handler(settings))),  # issue 16: raw export (query_service/export_api.py)
         *cohort_routes(store, engine, guarded),  # issue 16: cohorts (query_service/cohorts_api.py)
-        sql_route(settings, engine, guarded),  # issue 14: POST /api/sql (query_service/sql_api.py)
+        sql_route(settings, engine, lambda h: guarded(qcache.wrap_request("sql", sql_planner(engine, settings), h))),
         Route("/healthz", healthz),
         Route("/openapi.json", openapi),
         Route("/docs", docs),

@@ -71,6 +71,7 @@ class Plan:
     tables: tuple[tuple[str, tuple[date, ...], bool], ...] = ()  # other tables read: (name, UTC days, all history)
     extra: tuple[str, ...] = ()  # request options outside the SQL that change the answer (e.g. a model name)
     query: Any = None  # the parsed request (a frozen dataclass; its repr is part of the key: limit, shaping options)
+    cost_fn: Callable[[], Awaitable[int]] | None = None  # a cost that needs I/O (SQL's EXPLAIN), asked only on a miss
 
     def reads(self) -> list[tuple[str, tuple[date, ...], bool]]:
         days = sorted({d for c in self.compiled for d in c.utc_days})
@@ -81,6 +82,9 @@ class Plan:
 
 
 Planner = Callable[[Mapping[str, Any], P.Scope], Plan]
+# For endpoints with a body (``/api/sql``): (request, scope) -> Plan, or None = not cacheable (invalid: the handler
+# answers it as it would uncached).
+RequestPlanner = Callable[[Request, P.Scope], Awaitable["Plan | None"]]
 Handler = Callable[[Request, P.Scope], Awaitable[Response]]
 
 
@@ -183,6 +187,19 @@ class QueryCache:
 
         return endpoint
 
+    def wrap_request(self, kind: str, planner: RequestPlanner, handler: Handler) -> Handler:
+        """As :meth:`wrap` for a planner that reads the request itself (a POST body); ``refresh`` is still a query
+        parameter."""
+
+        async def endpoint(request: Request, scope: P.Scope) -> Response:
+            mode = P.parse_choice(request.query_params, "refresh", REFRESH_MODES, "blocking")
+            plan = await planner(request, P.Scope(scope.project, scope.timezone, scope.include_bots))
+            if plan is None:
+                return await handler(request, scope)
+            return await self.answer(kind, plan, mode, request, scope, handler)
+
+        return endpoint
+
     async def answer(self, kind: str, plan: Plan, mode: str, request: Request, scope: P.Scope, handler: Handler
                      ) -> Response:
         flags = self._flags(plan, scope)
@@ -225,9 +242,10 @@ class QueryCache:
         """(status, body, computed_at) — on refusal (429, body, Retry-After seconds)."""
         lease = None
         if limit and self.limiter is not None:
-            got = await self.limiter.acquire(scope.project, plan.cost)
+            cost = plan.cost if plan.cost_fn is None else await plan.cost_fn()
+            got = await self.limiter.acquire(scope.project, cost)
             if isinstance(got, Refused):
-                body = orjson.dumps({"code": 429, "error": got.message, "limit": got.limit, "cost": plan.cost,
+                body = orjson.dumps({"code": 429, "error": got.message, "limit": got.limit, "cost": cost,
                                      "retry_after": got.retry_after})
                 return 429, body, str(got.retry_after)
             lease = got
@@ -325,6 +343,8 @@ class QueryCache:
                                 "incomplete": flags[0], "provisional": flags[1]}
         if stale:
             meta["is_stale"] = True
+        if b'"is_cached"' in body:  # the handler wrote its own (uncached) fields (/api/sql): ours win
+            return _JSON(orjson.dumps({**orjson.loads(body), **meta}))
         head = orjson.dumps(meta)
         rest = body[1:].lstrip()
         return _JSON(head[:-1] + (b"," + rest if rest != b"}" else b"}"))

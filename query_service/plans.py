@@ -6,14 +6,22 @@ Each parses and compiles exactly as its handler in ``app.py`` does (pure, no I/O
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
 from query_service import params as P
-from query_service.cache import Plan, Planner
-from query_service.limits import query_cost
+from query_service.cache import Plan, Planner, RequestPlanner
+from query_service.limits import query_cost, sql_cost
+
+log = logging.getLogger(__name__)
 
 
 def _today(tz: str) -> date:
@@ -62,3 +70,48 @@ def users(params: Mapping[str, Any], scope: P.Scope) -> Plan:
 
 PLANNERS: dict[str, Planner] = {"segmentation": segmentation, "funnels": funnels, "retention": retention,
                                 "users": users}
+
+
+# Functions that read the clock or chance: such an answer depends on more than the data versions.
+_CLOCK = re.compile(r"\b(now|now64|nowInBlock|today|yesterday|current_?timestamp|current_?date|rand\w*|generateUUID\w*|"
+                    r"uptime|timeSlot)\s*\(", re.IGNORECASE)
+
+
+def sql_planner(engine: Any, settings: Any) -> RequestPlanner:
+    """``POST /api/sql`` (query_service/sql_api.py): key = the canonical query text + its params; reads = every
+    table it names, whole (its days are not derived from the SQL: any expression may bound ``event_time``); a query
+    reading the clock (``now()``, ``today()``, …) is keyed on the current UTC minute too, so it is cached for that
+    minute only. Cost = rows to read from ``EXPLAIN ESTIMATE``, asked only on a miss."""
+    from query_service.sql_api import parse_body, prepare
+    from query_service.sql_rewrite import PROJECT_PARAM, TZ_PARAM, SqlRefused
+
+    async def plan(request: Request, scope: P.Scope) -> Plan | None:
+        try:
+            query, params = parse_body(await request.body())
+            prepared = prepare(query, engine.database)
+        except (P.ParamError, SqlRefused):
+            return None  # the handler answers it (400/403), uncached
+        if prepared.explain:
+            return None
+        extra = [prepared.normalized, orjson.dumps(params, option=orjson.OPT_SORT_KEYS).decode()]
+        if _CLOCK.search(prepared.normalized):
+            extra.append(datetime.now(UTC).strftime("%Y-%m-%dT%H:%M"))
+        bind = ({**{k: params.get(k) for k in prepared.params}, PROJECT_PARAM: scope.project, TZ_PARAM: scope.timezone}
+                if prepared.placeholders else None)
+
+        async def cost() -> int:
+            def estimate() -> int:
+                try:
+                    result = engine.client(False).query(f"EXPLAIN ESTIMATE {prepared.sql}", parameters=bind)
+                    i = list(result.column_names).index("rows")
+                    return sum(int(r[i]) for r in result.result_rows)
+                except Exception as exc:  # noqa: BLE001 - no estimate: the handler reports a bad query itself
+                    log.info("EXPLAIN ESTIMATE failed (cost 1): %s", exc)
+                    return 0
+
+            return sql_cost(await run_in_threadpool(estimate), settings.query_cost_sql_rows_per_unit)
+
+        tables = tuple((t, (), True) for t in sorted(prepared.tables))
+        return Plan((), 0, tables=tables, extra=tuple(extra), cost_fn=cost)
+
+    return plan

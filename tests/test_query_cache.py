@@ -229,3 +229,48 @@ def test_response_flags_today_as_incomplete(api: dict[str, Any]) -> None:
     r = seg(api, today.strftime("%Y%m%d"), today.strftime("%Y%m%d"))
     assert r.status_code == 200 and r.json()["incomplete"] == [today.isoformat()]
     assert seg(api, "20250310", "20250311").json()["incomplete"] == []
+
+
+def sql(api: dict[str, Any], query: str, **params: Any) -> Any:
+    return api["client"].post("/api/sql", json={"query": query, "params": params}, auth=api["auth"])
+
+
+def test_sql_is_cached_and_invalidated_by_its_tables(api: dict[str, Any]) -> None:
+    import redis
+
+    q = "SELECT count() AS n FROM events WHERE toDate(event_time) = {d:Date}"
+    first = sql(api, q, d="2025-03-11")
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert body["is_cached"] is False and body["data_version"] and int(body["data"][0]["n"]) == totals(api["events"], DAY_B)
+    again = sql(api, "select count() as n from events where toDate(event_time) = {d:Date}", d="2025-03-11").json()
+    assert again["is_cached"] is True and again["data"] == body["data"]  # canonical text: same key
+    assert sql(api, q, d="2025-03-10").json()["is_cached"] is False  # other params, other answer
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = api["settings"].data_versions_prefix
+    dv.bump_with(client, prefix, "fct_funnels", [date(2025, 3, 11)])  # a mart the query does not read
+    assert sql(api, q, d="2025-03-11").json()["is_cached"] is True
+    bump_loaded_days(api["settings"], {date(2025, 3, 12): {api["project"]}})  # any load of events: SQL reads it whole
+    assert sql(api, q, d="2025-03-11").json()["is_cached"] is False
+    client.close()
+    # refused SQL is answered as uncached (never cached, never a 5xx)
+    bad = sql(api, "DROP TABLE events")
+    assert bad.status_code == 400 and bad.json()["parameter"] == "query"
+
+
+def test_sql_cost_comes_from_explain_estimate(api: dict[str, Any], redis_prefix: str) -> None:
+    """One row to read = one cost unit, 50 per hour: the first SQL query (estimate: at least the project's 70 rows, one
+    granule) is charged the cap, the next distinct one is refused naming hourly_cost; a cached answer costs nothing."""
+    settings = api["settings"].model_copy(update={"query_cost_sql_rows_per_unit": 1, "query_limit_hourly_cost": 50,
+                                                  "query_redis_prefix": f"{redis_prefix}sqlcost:"})
+    app = create_app(settings, store=api["client"].app.state.store)
+    with TestClient(app) as tc:
+        def post(d: str) -> Any:
+            return tc.post("/api/sql", auth=api["auth"], json={
+                "query": "SELECT count() AS n FROM events WHERE toDate(event_time) = {d:Date}", "params": {"d": d}})
+
+        assert post("2025-03-10").status_code == 200
+        refused = post("2025-03-09")
+        assert refused.status_code == 429 and refused.json()["limit"] == "hourly_cost", refused.text
+        assert int(refused.headers["Retry-After"]) >= 1 and refused.json()["cost"] >= 50
+        assert post("2025-03-10").json()["is_cached"] is True  # a hit is free
