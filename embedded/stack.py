@@ -243,7 +243,6 @@ def redis_component(settings: Settings, logs: Path) -> Component | None:
         return None
     host, port = "127.0.0.1", settings.embedded_redis_port
     data_dir = settings.eventpipe_home / "redis"
-    data_dir.mkdir(parents=True, exist_ok=True)
     url = f"redis://{host}:{port}/0"
     proc = ChildProcess(
         name=f"redis ({Path(binary).name})",
@@ -257,6 +256,7 @@ def redis_component(settings: Settings, logs: Path) -> Component | None:
     )
 
     def start() -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
         proc.start()
         os.environ["REDIS_URL"] = url  # inherited by every component started after this one
 

@@ -14,14 +14,21 @@ _COMMON = [
                     "does not contain, less, less or equal, greater, greater or equal, set is, set is not"},
     {"name": "g", "in": "query", "schema": {"type": "string"}, "description": "user property to group by (gp:NAME for custom)"},
     {"name": "include_bots", "in": "query", "schema": {"type": "integer", "enum": [0, 1]}},
+    {"name": "refresh", "in": "query", "schema": {"type": "string", "enum": ["blocking", "force", "cache_only", "async"]},
+     "description": "result cache (issue 14): blocking (default: cached else compute), force, cache_only (404 when "
+                    "absent), async (cached or previous answer now, recompute in the background; 202 with none)"},
 ]
 
 
 def _op(summary: str, extra: list[dict[str, Any]]) -> dict[str, Any]:
     return {"get": {"summary": summary, "security": [{"basic": []}], "parameters": extra + _COMMON,
-                    "responses": {"200": {"description": "Amplitude-shaped JSON: {data: …}"},
+                    "responses": {"200": {"description": "Amplitude-shaped JSON: {data: …} plus is_cached, computed_at, "
+                                                         "data_version, incomplete, provisional (interval labels)"},
                                   "400": {"description": "a malformed parameter: {code, error, parameter}"},
-                                  "401": {"description": "missing or wrong api_key:secret_key"}}}}
+                                  "401": {"description": "missing or wrong api_key:secret_key"},
+                                  "404": {"description": "refresh=cache_only and no cached answer"},
+                                  "429": {"description": "a query limit of the project: {code, error, limit, cost, "
+                                                         "retry_after}, Retry-After header"}}}}
 
 
 def spec() -> dict[str, Any]:

@@ -16,5 +16,6 @@ def up_env(home: Path, **overrides: str) -> dict[str, str]:
         "DAGSTER_PORT": str(free_port()),
         "CONSUMER_METRICS_PORT": str(free_port()),
         "QUERY_API_PORT": str(free_port()),
+        "EMBEDDED_REDIS_PORT": str(free_port()),  # the stack's own Valkey when REDIS_URL is unset
     }
     return dict(os.environ) | {"EVENTPIPE_HOME": str(home)} | ports | overrides
