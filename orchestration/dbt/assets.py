@@ -25,6 +25,7 @@ from orchestration.partitions import daily_partitions, hours_of_day, marts_autom
 
 CLICKHOUSE_EVENTS = dg.AssetKey("clickhouse_events")
 DBT_POOL = "dbt_clickhouse"
+MART_REBUILD_BACK_DAYS = 7  # fct_funnels: a day's run rebuilds the entries of the 7 days before (conversion window)
 
 
 class EventpipeDbtTranslator(DagsterDbtTranslator):
@@ -81,14 +82,16 @@ def dbt_vars(context: dg.AssetExecutionContext, settings: Settings) -> dict[str,
 
 
 def bump_mart_versions(context: dg.AssetExecutionContext, settings: Settings) -> None:
-    """The query cache's data versions (:mod:`eventpipe_core.data_versions`) of every mart this run rebuilt, for
-    the run's days and all projects (a mart's table name is its asset key's last part)."""
+    """The query cache's data versions (:mod:`eventpipe_core.data_versions`) of every mart this run rebuilt, for all
+    projects (a mart's table name is its asset key's last part): the run's days and the ``MART_REBUILD_BACK_DAYS``
+    before (a day's run also rebuilds the funnels entered up to 7 days earlier and the rolling WAU/MAU); every bump
+    also moves the mart's all-days version, which readers of whole tables (``/api/sql``, ``dim_users``) depend on."""
     from datetime import timedelta
 
     from eventpipe_core import data_versions
 
     window = context.partition_time_window
-    days, d = [], window.start.date()
+    days, d = [], window.start.date() - timedelta(days=MART_REBUILD_BACK_DAYS)
     while d < window.end.date():
         days.append(d)
         d += timedelta(days=1)
