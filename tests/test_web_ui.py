@@ -216,5 +216,6 @@ def test_browser(stack: dict[str, Any], marts: dict[str, list[int]], tmp_path: P
     print(f"playwright output: {out}\n{proc.stdout[-6000:]}")
     assert proc.returncode == 0, f"{proc.stdout[-8000:]}\n{proc.stderr[-3000:]}"
     for page in ("signin-refused", "segmentation", "funnel", "funnel-step-users", "retention", "users", "lifecycle",
-                 "stickiness", "realtime", "charts", "dashboard", "funnel-phone"):
+                 "stickiness", "realtime", "user-activity", "charts", "dashboard", "funnel-phone", "lifecycle-phone",
+                 "stickiness-phone", "realtime-phone", "people-phone"):
         assert f"{page}.png" in shots, shots
