@@ -44,7 +44,7 @@ const TITLES: Record<ActivityKind, string> = {
   users: 'Active users',
   lifecycle: 'Lifecycle',
   stickiness: 'Stickiness',
-  realtime: 'Realtime (events today and yesterday, 5-minute buckets)',
+  realtime: 'Realtime (active users today and yesterday, per 5 minutes)',
 }
 
 const INTERVALS: Record<ActivityKind, [string, string][]> = {
@@ -200,6 +200,7 @@ function RealtimeChart({ rt }: { rt: Realtime }) {
 }
 
 function RealtimeTable({ rt }: { rt: Realtime }) {
+  // newest bucket first
   const columns: Column<number>[] = [
     { key: 'time', header: 'time', cell: (i) => rt.x[i] },
     ...rt.lines.map((l, j) => ({
@@ -211,13 +212,14 @@ function RealtimeTable({ rt }: { rt: Realtime }) {
   return (
     <>
       <p className="summary">
+        latest 5 minutes ({rt.x[rt.x.length - 1]}):{' '}
         {rt.lines.map((l, j) => (
           <span key={j}>
-            {l.name}: <b data-testid={`realtime-total-${j}`}>{sum(l.values)}</b>{' '}
+            {l.name} <b data-testid={`realtime-latest-${j}`}>{fmtNum(l.values[l.values.length - 1] ?? 0)}</b>{' '}
           </span>
         ))}
       </p>
-      <DataTable columns={columns} rows={rt.x.map((_, i) => i)} rowKey={(i) => rt.x[i]} rowTestId={() => 'realtime-row'} testId="realtime-table" maxHeight={360} />
+      <DataTable columns={columns} rows={rt.x.map((_, i) => rt.x.length - 1 - i)} rowKey={(i) => rt.x[i]} rowTestId={() => 'realtime-row'} testId="realtime-table" maxHeight={360} />
     </>
   )
 }

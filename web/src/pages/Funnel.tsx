@@ -161,45 +161,47 @@ function StepUsers({ def, step, onClose }: { def: FunnelDef; step: number; onClo
   const users = useAsync<{ users: string[]; total: number }>(JSON.stringify(params), () => get('/api/web/funnel-users', params))
   const [user, setUser] = useState<string | null>(null)
   return (
-    <aside className="panel" data-testid="step-users">
-      <header>
-        <h3>Users who reached step {step + 1}</h3>
-        <button className="link" onClick={onClose}>
-          close
-        </button>
-      </header>
-      <StateView value={users} isEmpty={(u) => u.users.length === 0} empty="No users reached this step.">
-        {(u) => (
-          <>
-            {u.total > u.users.length && (
-              <p className="hint" data-testid="step-users-more">
-                the first {u.users.length} of {u.total}
-              </p>
-            )}
-            <ul className="user-list">
-              {u.users.map((id) => (
-                <li key={id}>
-                  <button className={`link ${user === id ? 'active' : ''}`} onClick={() => setUser(id)} data-testid="step-user">
-                    {id}
-                  </button>
-                </li>
-              ))}
-            </ul>
-          </>
-        )}
-      </StateView>
+    <>
+      <aside className="panel" data-testid="step-users">
+        <header>
+          <h3>Users who reached step {step + 1}</h3>
+          <button className="link" onClick={onClose}>
+            close
+          </button>
+        </header>
+        <StateView value={users} isEmpty={(u) => u.users.length === 0} empty="No users reached this step.">
+          {(u) => (
+            <>
+              {u.total > u.users.length && (
+                <p className="hint" data-testid="step-users-more">
+                  the first {u.users.length} of {u.total}
+                </p>
+              )}
+              <ul className="user-list">
+                {u.users.map((id) => (
+                  <li key={id}>
+                    <button className={`link ${user === id ? 'active' : ''}`} onClick={() => setUser(id)} data-testid="step-user">
+                      {id}
+                    </button>
+                  </li>
+                ))}
+              </ul>
+            </>
+          )}
+        </StateView>
+      </aside>
       {user && (
-        <>
+        <section className="step-stream" data-testid="step-user-stream">
           <h3>
             Events of {user}{' '}
             <a href={`#/people?u=${encodeURIComponent(user)}`} data-testid="open-user">
-              open
+              open in user activity
             </a>
           </h3>
           <UserStream user={user} />
-        </>
+        </section>
       )}
-    </aside>
+    </>
   )
 }
 

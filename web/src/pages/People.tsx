@@ -77,7 +77,7 @@ export function UserStream({ user }: { user: string }) {
                 {offset ? 'No older events.' : 'No events for this user.'}
               </div>
             ) : (
-              <DataTable columns={EVENT_COLUMNS} rows={a.events} rowKey={(_, i) => String(offset + i)} rowTestId={() => 'activity-row'} testId="user-activity" maxHeight={420} />
+              <DataTable columns={EVENT_COLUMNS} rows={a.events} rowKey={(_, i) => String(offset + i)} rowTestId={() => 'activity-row'} testId="user-activity" className="events" maxHeight={420} />
             )}
             <div className="pager">
               <button className="link" disabled={offset === 0} onClick={() => setOffset(Math.max(0, offset - PAGE))} data-testid="activity-newer">
