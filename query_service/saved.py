@@ -14,7 +14,7 @@ Bodies are JSON; bad input is a 400 ``{"error": …}`` naming the field; an unkn
   on a 12-column grid.
 * ``GET /api/web/funnel-users`` — the ``/api/2/funnels`` parameters plus ``step`` (1-based) →
   ``{"users": [actor_id…], "step", "total"}``: up to ``limit`` (default 100, ≤ 1000) actors whose funnel path
-  reaches that step, computed by the API's own funnel SQL (``query_service.compile.funnel``), so the list
+  reaches that step, from the API's own funnel paths (``compile.funnel.compile_funnel_actors``), so the list
   always agrees with the bar's count (``total``).
 * ``GET /api/web/event-types`` → ``{"event_types": [{"name", "count", "planned"}], "properties": {"event": […],
   "user": […]}}``: the event types seen in ``analytics.events`` for the project (bots excluded, as the API

@@ -99,6 +99,7 @@ export function EventSelect({
   label,
   special = [],
   testId,
+  none = '— choose —',
 }: {
   vocab: Vocabulary | null
   value: string
@@ -106,12 +107,13 @@ export function EventSelect({
   label: string
   special?: { value: string; label: string }[]
   testId?: string
+  none?: string // the label of the empty choice
 }) {
   return (
     <label className="field">
       <span>{label}</span>
       <select value={value} onChange={(e) => onChange(e.target.value)} data-testid={testId}>
-        <option value="">— choose —</option>
+        <option value="">{none}</option>
         {special.map((s) => (
           <option key={s.value} value={s.value}>
             {s.label}

@@ -233,6 +233,12 @@ test('stickiness: exactly / at least k days and the total equal the API', async 
   await expect(page.getByTestId('stickiness-total')).toHaveText(String(data.total))
   expect(data.total).toBeGreaterThan(0)
   await shot('stickiness')
+  // one event instead of any active one: the page sends it as e
+  await page.getByTestId('stickiness-event').selectOption(expected.steps[2])
+  const one = await apiGet('/api/2/stickiness', [['e', JSON.stringify({ event_type: expected.steps[2] })], ['start', compact(START)], ['end', compact(END)], ['i', '7']])
+  expect(one.total).toBeLessThan(data.total)
+  await expect(page.getByTestId('stickiness-total')).toHaveText(String(one.total))
+  await expect(cellsOf('stickiness-table', 'stickiness-row-exactly')).toHaveText((one.series[0] as number[]).map(String))
 })
 
 test('realtime: today and yesterday per 5 minutes equal the API', async () => {

@@ -142,7 +142,7 @@ function StickinessChart({ st }: { st: Stickiness }) {
   return <EChart option={option} testId="stickiness-chart" />
 }
 
-function StickinessTable({ st }: { st: Stickiness }) {
+function StickinessTable({ st, interval }: { st: Stickiness; interval: string }) {
   const series: Series = {
     x: st.x,
     lines: [
@@ -153,7 +153,7 @@ function StickinessTable({ st }: { st: Stickiness }) {
   return (
     <>
       <p className="summary">
-        <b data-testid="stickiness-total">{st.total}</b> active users in the range
+        <b data-testid="stickiness-total">{st.total}</b> active users (a user counts once per {interval === '30' ? 'month' : 'week'})
       </p>
       <SeriesTable series={series} testId="stickiness-table" rowTestId={(name) => `stickiness-row-${name.replace(' ', '-')}`} />
     </>
@@ -282,7 +282,7 @@ export function ActivityView({ def, full = false }: { def: ActDef; full?: boolea
             return (
               <>
                 <StickinessChart st={v.st} />
-                {full && <StickinessTable st={v.st} />}
+                {full && <StickinessTable st={v.st} interval={def.interval} />}
               </>
             )
           case 'realtime':
@@ -327,7 +327,8 @@ export default function Activity({ def, setDef, vocab }: { def: ActDef; setDef: 
             label="event"
             value={def.event ?? ''}
             onChange={(event) => set({ event })}
-            special={[{ value: '_active', label: 'Any active event (_active)' }]}
+            none="Any active event"
+            special={[{ value: '_all', label: 'Any event (_all)' }]}
             testId={`${def.kind}-event`}
           />
         )}
