@@ -275,3 +275,12 @@ def test_auth_and_injection(api: dict[str, Any]) -> None:
     assert r.json() == {"matches": [], "type": "nomatch"}
     data = get(api, "/api/2/lifecycle", s=[{"prop": nasty, "op": "is", "values": [nasty]}], **RANGE)["data"]
     assert all(v == 0 for vs in data["series"].values() for v in vs)
+
+
+def test_openapi_lists_the_endpoints(api: dict[str, Any]) -> None:
+    paths = api["client"].get("/openapi.json").json()["paths"]
+    for path in ("/api/2/sessions/length", "/api/2/sessions/peruser", "/api/2/usersearch", "/api/2/useractivity",
+                 "/api/2/realtime", "/api/2/lifecycle", "/api/2/stickiness"):
+        assert path in paths and paths[path]["get"]["parameters"], path
+    assert any(p["name"] == "user" and p["required"] for p in paths["/api/2/useractivity"]["get"]["parameters"])
+    assert "/api/2/lifecycle" in api["client"].get("/docs").text
