@@ -338,8 +338,9 @@ def parse_segmentation(params: Params, scope: Scope) -> SegmentationQuery:
     if (e2 := _get(params, "e2")) is not None:
         events.append(parse_event("e2", e2))
     metric = parse_choice(params, "m", SEGMENTATION_METRICS, "uniques")
-    if metric == "histogram":  # Amplitude's m=histogram is known but not computed yet: a clear 400, never a 5xx
-        raise ParamError("m", "m=histogram is not supported yet; use sums or value_avg")
+    if metric == "histogram":  # Amplitude's m=histogram: its response shape is undocumented, so a clear 400
+        raise ParamError("m", "m=histogram is not supported: Amplitude does not document its response shape; "
+                              "use sums or value_avg")
     value_prop = None
     formula = None
     if metric in ("sums", "value_avg", "histogram"):

@@ -103,3 +103,8 @@ def test_s3_lake_split_equals_all_hot(s3_lake: tuple[ChServer, Any], tmp_path: P
     assert sum(hot[0]["series"][0]) > 400
     assert answers("split", routed=True) == hot
     assert answers("split", routed=False) != hot  # without routing, the split project really lacks the old days
+    # days with no lake files at all (an empty glob) read as empty, not as an error
+    old_range = P.DateRange(today.date() - timedelta(days=40), today.date() - timedelta(days=30))
+    scope = P.Scope("split", "UTC", hot_from=hot_from, lake_path=lake_path)
+    empty = P.SegmentationQuery(scope=scope, events=(P.EventSpec("_active"),), range=old_range, metric="totals")
+    assert S.shape(empty, engine.run(S.compile_segmentation(empty)).rows)["series"] == [[0] * 11]
