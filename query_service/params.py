@@ -46,7 +46,8 @@ class Scope:
     timezone: str = "UTC"
     include_bots: bool = False
     # Routing (from settings, not parameters): UTC days before ``hot_from`` are past the ClickHouse TTL and are
-    # read from the enriched lake under ``lake_path`` (a local directory; None = everything from ClickHouse).
+    # read from the enriched lake under ``lake_path`` (a local directory, or the http(s) URL of an S3 bucket/prefix;
+    # None = everything from ClickHouse).
     hot_from: date | None = None
     lake_path: str | None = None
 
