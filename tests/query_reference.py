@@ -156,11 +156,15 @@ SESSION_CAP_MS = 86_400_000
 
 
 def _sessions(events: list[dict[str, Any]], start: date, end: date, tz: str) -> list[tuple[str, date, int]]:
-    """(actor, local start day, length ms capped at 1 day) of every session starting in [start, end]."""
+    """(actor, local start day, length ms capped at 1 day) of every session starting in [start, end], sessions
+    made of their events within [local midnight of start - 24 h, local midnight after end + 24 h)."""
+    lo = datetime(start.year, start.month, start.day, tzinfo=ZoneInfo(tz)).timestamp() * 1000 - SESSION_CAP_MS
+    after = end + timedelta(days=1)
+    hi = datetime(after.year, after.month, after.day, tzinfo=ZoneInfo(tz)).timestamp() * 1000 + SESSION_CAP_MS
     spans: dict[tuple[str, int], list[int]] = {}
     for e in clean(events):
         sid = e.get("session_id", -1)
-        if sid is None or sid < 0:
+        if sid is None or sid < 0 or not lo <= e["time"] < hi:
             continue
         spans.setdefault((e["actor_id"], sid), []).append(e["time"])
     out = []

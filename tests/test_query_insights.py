@@ -157,6 +157,19 @@ def test_stickiness(api: dict[str, Any], tz_client: tuple[str, TestClient]) -> N
     assert get(api, "/api/2/stickiness", tc, **RANGE)["data"]["xValues"] == list(range(1, 8))  # i defaults to 7
 
 
+def test_segments_choose_the_events(api: dict[str, Any]) -> None:
+    """``s`` filters the events every metric is made of (here: only DE events)."""
+    de = [e for e in EVENTS if e.get("country") == "DE"]
+    seg = [{"prop": "country", "op": "is", "values": ["DE"]}]
+    length = get(api, "/api/2/sessions/length", s=seg, **RANGE)["data"]["series"]
+    assert length == [ref.session_length_bins(de, START, END, "UTC", list(DEFAULT_SESSION_BINS_MS))]
+    assert length != [ref.session_length_bins(EVENTS, START, END, "UTC", list(DEFAULT_SESSION_BINS_MS))]
+    sticky = get(api, "/api/2/stickiness", s=seg, **RANGE)["data"]["series"]
+    assert sticky == [ref.stickiness(de, "_active", START, END, "week", "UTC")]
+    life = get(api, "/api/2/lifecycle", s=seg, i="7", **RANGE)["data"]
+    assert life == dict(zip(("xValues", "series"), ref.lifecycle(de, "_active", START, END, "week", "UTC"), strict=True))
+
+
 def test_include_bots(api: dict[str, Any]) -> None:
     without = get(api, "/api/2/sessions/peruser", start="20260322", end="20260322")["data"]["seriesCollapsed"]
     with_bots = get(api, "/api/2/sessions/peruser", start="20260322", end="20260322", include_bots="1")["data"]
@@ -275,3 +288,12 @@ def test_auth_and_injection(api: dict[str, Any]) -> None:
     assert r.json() == {"matches": [], "type": "nomatch"}
     data = get(api, "/api/2/lifecycle", s=[{"prop": nasty, "op": "is", "values": [nasty]}], **RANGE)["data"]
     assert all(v == 0 for vs in data["series"].values() for v in vs)
+
+
+def test_openapi_lists_the_endpoints(api: dict[str, Any]) -> None:
+    paths = api["client"].get("/openapi.json").json()["paths"]
+    for path in ("/api/2/sessions/length", "/api/2/sessions/peruser", "/api/2/usersearch", "/api/2/useractivity",
+                 "/api/2/realtime", "/api/2/lifecycle", "/api/2/stickiness"):
+        assert path in paths and paths[path]["get"]["parameters"], path
+    assert any(p["name"] == "user" and p["required"] for p in paths["/api/2/useractivity"]["get"]["parameters"])
+    assert "/api/2/lifecycle" in api["client"].get("/docs").text

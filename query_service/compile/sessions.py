@@ -4,8 +4,10 @@ The session rule: a session is one ``(actor_id, session_id)`` of ``analytics.eve
 deduplicated, non-bot event source; ``session_id < 0`` (the SDKs' -1, or absent, which the pipeline loads as -1)
 means the event belongs to no session and is ignored. A session's start is its first event, its length the time
 from its first to its last event (ms), capped at 1 day (Amplitude's bound). A session belongs to the local day
-(project time zone) of its start: it counts in a range when it starts inside it, and its events up to a day past
-the range still count for its length. Segment filters (``s``) choose the events a session is made of.
+(project time zone) of its start: it counts in a range when it starts inside it. Sessions are read from the
+events of [the range's first local midnight - 24 h, its end + 24 h): a session's start and length are those of
+its events in that window (exact for sessions shorter than a day, the length Amplitude caps them at; an older
+session still going on is seen from the window's start). Segment filters (``s``) choose the events a session is made of.
 
 * length: sessions per length bin over the whole range; bin k is ``[edge_k, edge_k+1)`` in ms, the last bin
   also holds lengths equal to its upper edge (the 1-day cap); lengths outside custom bins are not counted.
