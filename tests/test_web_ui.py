@@ -223,5 +223,5 @@ def test_browser(stack: dict[str, Any], marts: dict[str, list[int]], tmp_path: P
     assert proc.returncode == 0, f"{proc.stdout[-8000:]}\n{proc.stderr[-3000:]}"
     for page in ("signin-refused", "segmentation", "funnel", "funnel-step-users", "retention", "users", "lifecycle",
                  "stickiness", "realtime", "user-activity", "charts", "dashboard", "funnel-phone", "lifecycle-phone",
-                 "stickiness-phone", "realtime-phone", "people-phone"):
+                 "stickiness-phone", "realtime-phone", "people-phone", "user-activity-phone"):
         assert f"{page}.png" in shots, shots

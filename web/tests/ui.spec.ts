@@ -379,6 +379,12 @@ test('phone width: the funnel page fits and the menu opens', async () => {
     expect(await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth)).toBeLessThanOrEqual(1)
     await shot(`${name}-phone`)
   }
+  // one user's profile and stream on a phone: the wide event table scrolls inside its box
+  const someone = (await apiRaw('/api/2/usersearch', [['user', 'user']])).body.matches[0].amplitude_id as string
+  await page.goto(`/#/people?u=${encodeURIComponent(someone)}`)
+  await expect(page.getByTestId('user-activity')).toBeVisible()
+  expect(await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth)).toBeLessThanOrEqual(1)
+  await shot('user-activity-phone')
   await page.setViewportSize({ width: 1280, height: 800 })
 })
 
