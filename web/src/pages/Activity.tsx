@@ -265,7 +265,7 @@ export function ActivityView({ def, full = false }: { def: ActDef; full?: boolea
   const value = useAsync<Shaped>(
     `${def.kind}?${JSON.stringify(params)}#${tick}`,
     async () => shape(def.kind, (await get<{ data: unknown }>(`/api/2/${def.kind}`, params)).data),
-    true,
+    def.kind === 'realtime', // its minute refreshes keep the chart on screen; a new query shows "Loading…"
   )
   return (
     <StateView value={value} isEmpty={isEmpty} empty={EMPTY[def.kind]}>
