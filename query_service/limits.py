@@ -4,9 +4,9 @@ Cost of a query (known before it runs, from its parsed form): ``days × conditio
 the range's length, ``conditions`` the number of filters (segments + every event's filters; at least 1), and
 the weight by type:
 
-* segmentation / users: one per event (``e``, ``e2``), +4 per group-by;
+* segmentation / users: one per event (``e``, ``e2``), +4 per group-by; lifecycle, stickiness: one (their event);
 * funnels: 2 per step, +4 per group-by;
-* retention: 8; sessions: 4;
+* retention: 8; sessions (length, per user): 4; realtime: 2 in all; a user look-up: 1 in all;
 * SQL (``/api/sql``): ``ceil(rows to read / QUERY_COST_SQL_ROWS_PER_UNIT)`` from the query's EXPLAIN estimate
   (:func:`sql_cost`; the caller supplies the estimate).
 
@@ -55,6 +55,16 @@ def query_cost(q: Any) -> int:
         return q.range.days * _conditions(q.segments, (q.start_event, q.return_event)) * RETENTION_WEIGHT
     if isinstance(q, P.UsersQuery):
         return q.range.days * _conditions(q.segments, ()) * (1 + GROUP_BY_WEIGHT * len(q.group_by))
+    from query_service import params_insights as PI
+
+    if isinstance(q, PI.SessionsQuery):
+        return sessions_cost(q.range.days, _conditions(q.segments, ()))
+    if isinstance(q, PI.LifecycleQuery | PI.StickinessQuery):
+        return q.range.days * _conditions(q.segments, (q.event,))
+    if isinstance(q, PI.RealtimeQuery):
+        return 2  # today and yesterday, no condition
+    if isinstance(q, PI.UserLookup):
+        return 1  # one user's rows (point look-ups by id)
     raise TypeError(f"no cost rule for {type(q).__name__}")
 
 

@@ -68,8 +68,64 @@ def users(params: Mapping[str, Any], scope: P.Scope) -> Plan:
     return Plan((seg.compile_segmentation(q),), query_cost(u), u.range, u.interval, query=u)
 
 
-PLANNERS: dict[str, Planner] = {"segmentation": segmentation, "funnels": funnels, "retention": retention,
-                                "users": users}
+def _sessions(compile_name: str) -> Planner:
+    def plan(params: Mapping[str, Any], scope: P.Scope) -> Plan:
+        from query_service import params_insights as PI
+        from query_service.compile import sessions as S
+
+        q = PI.parse_sessions(params, scope)
+        return Plan((getattr(S, compile_name)(q),), query_cost(q), q.range, "day", query=q)
+
+    return plan
+
+
+def _user_lookup(paged: bool) -> Planner:
+    def plan(params: Mapping[str, Any], scope: P.Scope) -> Plan:
+        """The search query (what resolves the user) and the request; the user's rows are all history (every load
+        of the project moves the key), so a look-up is cached until the project's next load."""
+        from query_service import params_insights as PI
+        from query_service.compile import user_lookup as U
+
+        q = PI.parse_user_lookup(params, scope, paged=paged)
+        return Plan((U.compile_search(q),), query_cost(q), query=q)
+
+    return plan
+
+
+def realtime(params: Mapping[str, Any], scope: P.Scope) -> Plan:
+    """Keyed on the current minute: within a minute the cached answer is served (its last 5-minute bucket may lack
+    the events of the last seconds); data loaded since moves today's version as for every other endpoint."""
+    from query_service import params_insights as PI
+    from query_service.compile import realtime as RT
+
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    q = PI.parse_realtime(params, scope, now)
+    today = now.astimezone(ZoneInfo(scope.timezone)).date()
+    return Plan((RT.compile_realtime(q),), query_cost(q), P.DateRange(today, today), "day", query=q)
+
+
+def lifecycle(params: Mapping[str, Any], scope: P.Scope) -> Plan:
+    from query_service import params_insights as PI
+    from query_service.compile import lifecycle as LC
+
+    q = PI.parse_lifecycle(params, scope)
+    return Plan((LC.compile_lifecycle(q),), query_cost(q), q.range, q.interval, query=q)
+
+
+def stickiness(params: Mapping[str, Any], scope: P.Scope) -> Plan:
+    from query_service import params_insights as PI
+    from query_service.compile import stickiness as ST
+
+    q = PI.parse_stickiness(params, scope)
+    return Plan((ST.compile_stickiness(q),), query_cost(q), q.range, q.interval, query=q)
+
+
+PLANNERS: dict[str, Planner] = {
+    "segmentation": segmentation, "funnels": funnels, "retention": retention, "users": users,
+    "sessions_length": _sessions("compile_length"), "sessions_peruser": _sessions("compile_peruser"),
+    "usersearch": _user_lookup(False), "useractivity": _user_lookup(True), "realtime": realtime,
+    "lifecycle": lifecycle, "stickiness": stickiness,
+}
 
 
 # Functions that read the clock or chance: such an answer depends on more than the data versions.
