@@ -274,3 +274,29 @@ def test_sql_cost_comes_from_explain_estimate(api: dict[str, Any], redis_prefix:
         assert refused.status_code == 429 and refused.json()["limit"] == "hourly_cost", refused.text
         assert int(refused.headers["Retry-After"]) >= 1 and refused.json()["cost"] >= 50
         assert post("2025-03-10").json()["is_cached"] is True  # a hit is free
+
+
+@pytest.mark.parametrize("path,params", [
+    ("/api/2/funnels", {"e": [json.dumps({"event_type": "view"})] * 2, "start": "20250310", "end": "20250311"}),
+    ("/api/2/retention", {"se": json.dumps({"event_type": "view"}), "re": json.dumps({"event_type": "view"}),
+                          "start": "20250310", "end": "20250311"}),
+    ("/api/2/users", {"start": "20250310", "end": "20250311"}),
+    ("/api/2/sessions/length", {"start": "20250310", "end": "20250311"}),
+    ("/api/2/sessions/peruser", {"start": "20250310", "end": "20250311"}),
+    ("/api/2/lifecycle", {"start": "20250310", "end": "20250311"}),
+    ("/api/2/stickiness", {"start": "20250310", "end": "20250316"}),
+    ("/api/2/usersearch", {"user": "u3"}),
+    ("/api/2/useractivity", {"user": "u3"}),
+])
+def test_every_typed_endpoint_is_cached(api: dict[str, Any], path: str, params: dict[str, Any]) -> None:
+    if "user" in params:
+        params = {"user": f"{api['project']}-{params['user']}"}
+    first = api["client"].get(path, params=params, auth=api["auth"])
+    assert first.status_code == 200, first.text
+    assert first.json()["is_cached"] is False
+    runs = CountingEngine.runs
+    second = api["client"].get(path, params=params, auth=api["auth"])
+    assert second.json()["is_cached"] is True and CountingEngine.runs == runs
+    strip = ("is_cached", "incomplete", "provisional")
+    assert {k: v for k, v in second.json().items() if k not in strip} == {
+        k: v for k, v in first.json().items() if k not in strip}
