@@ -28,6 +28,7 @@ from eventpipe_core.metadata.projects_settings import get_timezone
 from eventpipe_core.metadata.secrets import project_for_credentials
 from eventpipe_core.settings import Settings, get_settings
 from query_service import params as P
+from query_service.alerts_api import alert_routes
 from query_service.cohorts_api import cohort_routes
 from query_service.engine import Engine, QueryFailed
 from query_service.export_api import export_handler
@@ -171,6 +172,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
         Route("/api/2/users", guarded(users)),
         Route("/api/2/export", guarded(export_handler(settings))),  # issue 16: raw export (query_service/export_api.py)
         *cohort_routes(store, engine, guarded),  # issue 16: cohorts (query_service/cohorts_api.py)
+        *alert_routes(store, guarded),  # issue 16: alerts (query_service/alerts_api.py)
         Route("/healthz", healthz),
         Route("/openapi.json", openapi),
         Route("/docs", docs),
