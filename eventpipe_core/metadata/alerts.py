@@ -97,16 +97,27 @@ def run_alert(store: MetadataStore, alert_id: str, series: Sequence[tuple[dateti
             if not exists:
                 conn.execute(alert_events.insert().values(
                     id=e["id"], alert_id=alert_id, type=e["type"], interval_start=datetime.fromisoformat(e["interval_start"]),
-                    payload=json.dumps(e), created_at=now, delivered_at=now if e["snoozed"] else None))
+                    payload=json.dumps(e | {"evaluated_at": now.isoformat()}), created_at=datetime.now(UTC),
+                    delivered_at=now if e["snoozed"] else None))
+    deliver_pending(store, alert_id, rule, **delivery)
+    return events
+
+
+def deliver_pending(store: MetadataStore, alert_id: str, rule: Rule | None = None, **delivery: Any) -> int:
+    """Deliver the alert's not-yet-delivered transitions, oldest first; returns how many got a 2xx."""
     with store.engine.connect() as conn:
+        if rule is None:
+            rule = _load(conn, alert_id)[0]
         pending = conn.execute(sa.select(alert_events.c.id, alert_events.c.payload)
                                .where(alert_events.c.alert_id == alert_id, alert_events.c.delivered_at.is_(None))
                                .order_by(alert_events.c.created_at, alert_events.c.interval_start)).all()
+    done = 0
     for eid, payload in pending:
         if deliver(rule, json.loads(payload), **delivery):
+            done += 1
             with store.engine.begin() as conn:
                 conn.execute(alert_events.update().where(alert_events.c.id == eid).values(delivered_at=datetime.now(UTC)))
-    return events
+    return done
 
 
 def alert_history(store: MetadataStore, alert_id: str) -> list[dict[str, Any]]:

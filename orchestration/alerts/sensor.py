@@ -76,14 +76,14 @@ def _loaded_since(instance: dg.DagsterInstance, after: int | None) -> tuple[list
 def evaluate_alerts(settings: Settings, store: Any, instance: dg.DagsterInstance, cursor: dict[str, Any],
                     now: datetime, engine: Any = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """One tick: (new cursor, summary). The cursor is ``{"storage_id", "boundaries": {alert id: iso}}``."""
-    from eventpipe_core.metadata.alerts import list_alerts, run_alert
+    from eventpipe_core.metadata.alerts import deliver_pending, list_alerts, run_alert
     from eventpipe_core.metadata.projects_settings import get_timezone
     from query_service import alert_series
     from query_service import params as P
 
     loaded, storage_id = _loaded_since(instance, cursor.get("storage_id"))
     boundaries: dict[str, str] = dict(cursor.get("boundaries", {}))
-    summary: dict[str, Any] = {"evaluated": [], "transitions": [], "errors": {}}
+    summary: dict[str, Any] = {"evaluated": [], "transitions": [], "errors": {}, "redelivered": []}
     alerts = list_alerts(store)
     if alerts and engine is None:
         from query_service.engine import Engine
@@ -98,6 +98,8 @@ def evaluate_alerts(settings: Settings, store: Any, instance: dg.DagsterInstance
             stamp = alert_series.HOUR if alert["interval"] == "hour" else alert_series.DAY
             key = f"{alert['id']}|{alert['condition']}|{alert['threshold']}|{json.dumps(spec, sort_keys=True)}"
             if not due(alert, loaded, boundaries.get(key), now, tz, window):
+                if deliver_pending(store, alert["id"]):  # a receiver that was down gets its transitions now
+                    summary["redelivered"].append(alert["id"])
                 continue
             scope = P.Scope(project=alert["project"], timezone=tz, hot_from=engine.hot_from(), lake_path=engine.lake_path)
             series = alert_series.compute_series(lambda c: engine.run(c).rows, spec, scope, now, alert["condition"])
@@ -135,6 +137,7 @@ def build_alert_sensor(settings: Settings, clock: Callable[[], datetime] | None 
             context.log.warning("alert %s not evaluated: %s", aid, err)
         text = (f"evaluated {len(summary['evaluated'])} alert(s), {len(summary['transitions'])} transition(s)"
                 + (f": {', '.join(summary['transitions'])}" if summary["transitions"] else "")
+                + (f"; delivered pending transitions of {len(summary['redelivered'])}" if summary["redelivered"] else "")
                 + (f"; {len(summary['errors'])} failed" if summary["errors"] else ""))
         return dg.SensorResult(skip_reason=dg.SkipReason(text), cursor=json.dumps(cursor, sort_keys=True))
 

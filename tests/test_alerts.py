@@ -1,0 +1,296 @@
+"""Alerts end to end: rules created through ``/api/alerts`` on a chart's series (segmentation formula, funnel
+conversion, retention day N), evaluated by the real Dagster ``alerts_sensor`` (ephemeral instance, its cursor,
+``clickhouse_events`` materializations as the loads) over events in the test chserver, delivered to a real local
+webhook receiver. "error rate > 5 %" fires once when crossed, not again for the same interval, resolves when it
+drops, and a late batch that changes a past interval updates the alert's history; snoozed transitions are
+recorded, not delivered; the CLI manages the same rules."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import random
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import clickhouse_connect
+import dagster as dg
+import pytest
+from starlette.testclient import TestClient
+
+from eventpipe_core.metadata import MetadataStore
+from eventpipe_core.metadata.secrets import create_key_with_secret
+from eventpipe_core.settings import load_settings
+from orchestration.alerts.sensor import build_alert_sensor
+from orchestration.clickhouse.assets import CLICKHOUSE_EVENTS
+from orchestration.clickhouse.schema import SchemaPlan, ensure_plan
+from orchestration.partitions import HOURLY_FMT
+from orchestration.resources import MetadataStoreResource
+from query_service import alert_series
+from query_service import params as P
+from query_service.app import create_app
+from query_service.engine import Engine
+from tests.chserver_support import ChServer
+from tests.query_support import TTL_DAYS, insert_append
+from tests.test_alerting import Receiver, receiver  # noqa: F401 - the webhook receiver fixture
+
+PROJECT = "alertshop"
+H = timedelta(hours=1)
+T0 = datetime(2025, 9, 10, tzinfo=UTC)
+ERROR_RATE = {"kind": "segmentation", "params": {
+    "e": json.dumps({"event_type": "error"}), "e2": json.dumps({"event_type": "_all"}), "m": "formula",
+    "formula": "TOTALS(A)/TOTALS(B)", "i": "-3600000"}, "series": 0}
+
+
+def ms(t: datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def hour_events(hour: datetime, errors: int, total: int, tag: str) -> list[dict[str, Any]]:
+    """``total`` events in the hour, ``errors`` of them errors (``view`` otherwise)."""
+    out = []
+    for k in range(total):
+        t = ms(hour) + k * 30_000
+        out.append({"time": t, "insert_id": f"{tag}-{hour:%d%H}-{k}", "actor_id": f"u{k % 17}",
+                    "event_type": "error" if k < errors else "view", "received_at": t + 1000})
+    return out
+
+
+class World:
+    def __init__(self, settings: Any, client: Any, store: MetadataStore, http: TestClient, auth: tuple[str, str],
+                 instance: dg.DagsterInstance) -> None:
+        self.settings, self.client, self.store, self.http, self.auth = settings, client, store, http, auth
+        self.instance = instance
+        self.now = T0
+        self.sensor = build_alert_sensor(settings, clock=lambda: self.now)
+        self.cursor: str | None = None
+        self.resources = {"metadata_store": MetadataStoreResource(url=str(settings.metadata_db_url))}
+
+    def load(self, events: list[dict[str, Any]], project: str = PROJECT) -> None:
+        """Rows into analytics.events + the load's materialization, as clickhouse_events records it."""
+        insert_append(self.client, events, project)
+        for hour in sorted({datetime.fromtimestamp(e["time"] // 3_600_000 * 3600, UTC) for e in events}):
+            self.instance.report_runless_asset_event(dg.AssetMaterialization(CLICKHOUSE_EVENTS,
+                                                                             partition=hour.strftime(HOURLY_FMT)))
+
+    def tick(self) -> str:
+        context = dg.build_sensor_context(instance=self.instance, cursor=self.cursor, resources=self.resources)
+        result = self.sensor(context)
+        assert isinstance(result, dg.SensorResult)
+        self.cursor = result.cursor
+        assert result.skip_reason is not None
+        return result.skip_reason.skip_message or ""
+
+
+@pytest.fixture(scope="module")
+def world(chserver: ChServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    home = tmp_path_factory.mktemp("alerts")
+    settings = load_settings(eventpipe_home=home, clickhouse_url=chserver.clickhouse_url, dagster_partitions_start="2025-01-01",
+                             clickhouse_service_password=chserver.service_password,
+                             lake_url=f"file://{chserver.data_dir.parent / 'lake'}", clickhouse_ttl_days=TTL_DAYS)
+    admin = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default",
+                                          password=chserver.password, autogenerate_session_id=False)
+    admin.command("CREATE DATABASE IF NOT EXISTS analytics")
+    client = clickhouse_connect.get_client(host=chserver.host, port=chserver.port, username="default",
+                                           password=chserver.password, database="analytics", autogenerate_session_id=False)
+    ensure_plan(client, SchemaPlan("analytics", None, TTL_DAYS))
+    store = MetadataStore(settings.metadata_db_url or "")
+    store.ensure_schema()
+    auth = create_key_with_secret(store, PROJECT)
+    with TestClient(create_app(settings, store=store)) as http, dg.DagsterInstance.ephemeral() as instance:
+        yield World(settings, client, store, http, auth, instance)
+    store.dispose()
+
+
+def verify(received: list[tuple[dict, dict]], secret: str) -> None:
+    for headers, body in received:
+        want = "sha256=" + hmac.new(secret.encode(), body["_raw"].encode(), hashlib.sha256).hexdigest()
+        assert headers["X-Eventpipe-Signature"] == want and headers["X-Eventpipe-Event-Id"] == body["id"]
+
+
+def test_error_rate_alert_through_the_sensor(world: World, receiver: tuple[Receiver, str]) -> None:  # noqa: F811
+    rec, url = receiver
+    http, auth = world.http, world.auth
+    # hours 0-2 fine (1-3 %), hour 3 at 8 %, hour 4 running at 20 %
+    world.load([e for h, err in enumerate([1, 2, 3, 8, 20]) for e in hour_events(T0 + h * H, err, 100, "a")])
+    r = http.post("/api/alerts", auth=auth, json={"name": "error rate > 5 %", "condition": "above", "threshold": 0.05,
+                                                  "webhook_url": url, "series": ERROR_RATE})
+    assert r.status_code == 201, r.text
+    alert, secret = r.json(), r.json()["secret"]
+    assert alert["interval"] == "hour" and alert["status"] == "resolved" and "secret" not in http.get(
+        "/api/alerts", auth=auth).json()["alerts"][0]
+
+    world.now = T0 + 4 * H + timedelta(minutes=30)
+    assert "1 transition" in world.tick()
+    assert [b["type"] for _, b in rec.received] == ["firing"]
+    assert rec.received[0][1]["interval_start"] == (T0 + 3 * H).isoformat() and rec.received[0][1]["value"] == 0.08
+    assert http.get(f"/api/alerts/{alert['id']}", auth=auth).json()["status"] == "firing"
+    # no load, same hour: not even evaluated; a load of the running hour: evaluated, nothing new
+    assert world.tick().startswith("evaluated 0 alert")
+    world.now += timedelta(minutes=15)
+    world.load(hour_events(T0 + 4 * H, 0, 10, "a2"))
+    assert world.tick().startswith("evaluated 1 alert(s), 0 transition")
+    # hour 4 completes, still above: still firing, nothing delivered
+    world.now = T0 + 5 * H + timedelta(minutes=1)
+    assert world.tick().startswith("evaluated 1 alert(s), 0 transition")
+    # hour 5 drops to 2 %: resolved, once
+    world.load(hour_events(T0 + 5 * H, 2, 100, "a"))
+    world.now = T0 + 6 * H + timedelta(minutes=2)
+    assert "resolved" in world.tick()
+    assert world.tick().startswith("evaluated 0 alert")
+    assert [b["type"] for _, b in rec.received] == ["firing", "resolved"]
+    # a late batch of 100 successful events for hour 3 (8 % -> 4 %): the history records the revision
+    world.load(hour_events(T0 + 3 * H, 0, 100, "late"))
+    assert "revised" in world.tick()
+    assert [b["type"] for _, b in rec.received] == ["firing", "resolved", "revised"]
+    revised = rec.received[-1][1]
+    assert (revised["interval_start"], revised["old_value"], revised["value"], revised["breached"]) == (
+        (T0 + 3 * H).isoformat(), 0.08, 0.04, False)
+    world.load(hour_events(T0 + 3 * H, 0, 100, "late"))  # the same batch redelivered (same insert ids): no change
+    assert world.tick().startswith("evaluated 1 alert(s), 0 transition")
+    verify(rec.received, secret)
+    got = http.get(f"/api/alerts/{alert['id']}", auth=auth).json()
+    assert [(e["type"], e["interval_start"], e["delivered"]) for e in got["history"]] == [
+        ("firing", (T0 + 3 * H).isoformat(), True), ("resolved", (T0 + 5 * H).isoformat(), True),
+        ("revised", (T0 + 3 * H).isoformat(), True)]
+    assert http.get(f"/api/alerts/{alert['id']}/events", auth=auth).json()["events"] == got["history"]
+
+    # snoozed: the next crossing is recorded, not delivered; the API says snoozed
+    r = http.post(f"/api/alerts/{alert['id']}/snooze", auth=auth, json={"minutes": 90})
+    assert r.status_code == 200 and r.json()["status"] == "snoozed" and r.json()["snoozed_until"]
+    world.load(hour_events(T0 + 6 * H, 30, 100, "a"))
+    world.now = T0 + 7 * H
+    assert "firing" in world.tick()
+    assert len(rec.received) == 3
+    history = http.get(f"/api/alerts/{alert['id']}/events", auth=auth).json()["events"]
+    assert history[-1]["type"] == "firing" and history[-1]["snoozed"] is True
+    assert http.get(f"/api/alerts/{alert['id']}", auth=auth).json()["firing"] is True
+    r = http.post(f"/api/alerts/{alert['id']}/snooze", auth=auth, json={"until": None})
+    assert r.json()["status"] == "firing"
+    assert http.delete(f"/api/alerts/{alert['id']}", auth=auth).json() == {"deleted": alert["id"]}
+    assert http.get(f"/api/alerts/{alert['id']}", auth=auth).status_code == 404
+
+
+def test_daily_alert_waits_for_complete_days_and_a_receiver_down_gets_it_later(world: World,
+                                                                               receiver: tuple[Receiver, str]) -> None:  # noqa: F811
+    rec, url = receiver
+    day0 = datetime(2025, 10, 1, tzinfo=UTC)
+    spec = {"kind": "segmentation", "params": {"e": json.dumps({"event_type": "purchase"}), "m": "totals", "i": "1"}}
+    r = world.http.post("/api/alerts", auth=world.auth, json={"name": "purchases < 5 a day", "condition": "below",
+                                                              "threshold": 5, "webhook_url": url, "series": spec})
+    assert r.status_code == 201, r.text
+    aid = r.json()["id"]
+    buy = [{"time": ms(day0 + timedelta(days=d, hours=k)), "insert_id": f"buy-{d}-{k}", "actor_id": f"b{k}",
+            "event_type": "purchase"} for d, n in enumerate([9, 8, 3]) for k in range(n)]
+    world.load(buy[:17])
+    world.now = day0 + timedelta(days=2, hours=1)  # days 0 and 1 complete (9, 8), day 2 running with 0 so far
+    world.tick()
+    assert [b for _, b in rec.received if b["alert_id"] == aid] == []
+    # a load of today's hours cannot change a complete day: not evaluated; the day boundary will
+    world.load(buy[17:])
+    assert "evaluated 0 alert" in world.tick()
+    rec.fail_next = 99  # the receiver is down when day 2 (3 purchases) completes
+    world.now = day0 + timedelta(days=3, minutes=5)
+    assert "firing" in world.tick()
+    assert [e["delivered"] for e in world.http.get(f"/api/alerts/{aid}/events", auth=world.auth).json()["events"]] == [False]
+    rec.fail_next = 0
+    world.now += timedelta(hours=1)
+    world.load([{"time": ms(day0 + timedelta(days=3, hours=1)), "insert_id": "buy-3-0", "actor_id": "b0",
+                 "event_type": "purchase"}])
+    assert "evaluated 0 alert" in world.tick()  # not re-evaluated (today's hour), but the pending one is delivered
+    mine = [b for _, b in rec.received if b["alert_id"] == aid]
+    assert [(b["type"], b["interval_start"], b["value"]) for b in mine] == [("firing", (day0 + timedelta(days=2)).isoformat(), 3)]
+    world.http.delete(f"/api/alerts/{aid}", auth=world.auth)
+
+
+def test_alerts_api_bad_input_scope_and_charts(world: World) -> None:
+    http, auth = world.http, world.auth
+    base = {"name": "x", "condition": "above", "threshold": 1, "webhook_url": "http://127.0.0.1:9/h", "series": ERROR_RATE}
+    for change, param in [
+        ({"condition": "sideways"}, "condition"), ({"threshold": "high"}, "threshold"),
+        ({"webhook_url": "ftp://x"}, "webhook_url"),
+        ({"name": ""}, "name"), ({"series": None, "chart_id": None}, "series"), ({"series": {"kind": "pie"}}, "series.kind"),
+        ({"series": {**ERROR_RATE, "params": {**ERROR_RATE["params"], "i": "7"}}}, "series.params.i"),
+        ({"series": {**ERROR_RATE, "params": {**ERROR_RATE["params"], "formula": "A/"}}}, "formula"),
+        ({"series": {"kind": "retention", "params": {"se": json.dumps({"event_type": "a"}),
+                                                     "re": json.dumps({"event_type": "_active"})}}}, "series.day"),
+        ({"chart_id": 999999, "series": None}, "chart_id"), ({"condition": "change", "threshold": 0}, "threshold"),
+    ]:
+        r = http.post("/api/alerts", auth=auth, json={**base, **change})
+        assert r.status_code == 400 and r.json()["parameter"] == param, (change, r.text)
+    assert http.post("/api/alerts", auth=auth, content=b"[1]").json()["parameter"] == "body"
+    assert http.get("/api/alerts").status_code == 401
+    # a saved chart of the web UI (its page state) -> the API parameters the UI would send
+    chart = http.post("/api/web/charts", auth=auth, json={"name": "purchases", "kind": "segmentation", "definition": {
+        "event": "purchase", "event2": "", "filters": [], "metric": "totals", "groupBy": None, "interval": "1",
+        "start": "2025-10-01", "end": "2025-10-07", "chart": "line"}}).json()
+    r = http.post("/api/alerts", auth=auth, json={"name": "from chart", "condition": "anomaly",
+                                                  "webhook_url": base["webhook_url"], "chart_id": chart["id"]})
+    assert r.status_code == 201, r.text
+    a = r.json()
+    assert a["series"]["chart_id"] == chart["id"] and a["interval"] == "day" and a["series"]["params"]["m"] == "totals"
+    assert json.loads(a["series"]["params"]["e"])["event_type"] == "purchase" and "start" not in a["series"]["params"]
+    r = http.put(f"/api/alerts/{a['id']}", auth=auth, json={"condition": "below", "threshold": 2, "name": "renamed"})
+    assert r.status_code == 200 and (r.json()["condition"], r.json()["threshold"], r.json()["name"]) == ("below", 2, "renamed")
+    assert http.put(f"/api/alerts/{a['id']}", auth=auth, json={"threshold": None, "condition": "above"}).status_code == 400
+    assert http.post(f"/api/alerts/{a['id']}/snooze", auth=auth, json={"until": "soon"}).json()["parameter"] == "until"
+    # another project's key sees none of it
+    other = create_key_with_secret(world.store, "alertshop-other")
+    assert http.get("/api/alerts", auth=other).json() == {"alerts": []}
+    for method in ("GET", "DELETE"):
+        assert http.request(method, f"/api/alerts/{a['id']}", auth=other).status_code == 404
+    assert http.post(f"/api/alerts/{a['id']}/snooze", auth=other, json={"minutes": 5}).status_code == 404
+    assert http.delete(f"/api/alerts/{a['id']}", auth=auth).status_code == 200
+
+
+# --- funnel conversion and retention day N equal a pure-Python reference ------------------------------------------
+
+FUNNEL_DAY0 = date(2025, 11, 3)
+
+
+def funnel_events() -> tuple[list[dict[str, Any]], dict[date, float], dict[date, float]]:
+    """Per day, users sign up, some purchase 2 h later, some come back the next day; the reference conversion
+    (purchasers / sign-ups of the day) and day-1 retention (returners / sign-ups)."""
+    rng = random.Random(7)
+    events, conv, ret = [], {}, {}
+    for d in range(6):
+        day = datetime(FUNNEL_DAY0.year, FUNNEL_DAY0.month, FUNNEL_DAY0.day, tzinfo=UTC) + timedelta(days=d)
+        n, bought, back = rng.randint(8, 15), 0, 0
+        for u in range(n):
+            actor, t = f"f{d}-{u}", day + timedelta(hours=rng.randint(0, 20), minutes=u)
+            events.append({"time": ms(t), "insert_id": f"{actor}-s", "actor_id": actor, "event_type": "signup"})
+            if rng.random() < 0.4:
+                bought += 1
+                events.append({"time": ms(t + 2 * H), "insert_id": f"{actor}-p", "actor_id": actor, "event_type": "purchase"})
+            if rng.random() < 0.5:
+                back += 1
+                events.append({"time": ms(day + timedelta(days=1, hours=12)), "insert_id": f"{actor}-r", "actor_id": actor,
+                               "event_type": "view"})
+        conv[day.date()], ret[day.date()] = bought / n, back / n
+    return events, conv, ret
+
+
+def test_funnel_conversion_and_retention_day_n_series(world: World) -> None:
+    events, conv, ret = funnel_events()
+    insert_append(world.client, events, "alertfunnels")
+    engine = Engine.from_settings(world.settings)
+    scope = P.Scope(project="alertfunnels", timezone="UTC", hot_from=engine.hot_from(), lake_path=engine.lake_path)
+    now = datetime(2025, 11, 9, 6, tzinfo=UTC)  # day 5 started 30 h ago; day 6 has begun
+
+    def run(c: Any) -> list[dict[str, Any]]:
+        return engine.run(c).rows
+
+    funnel = alert_series.normalize_spec({"kind": "funnel", "params": {
+        "e": [json.dumps({"event_type": "signup"}), json.dumps({"event_type": "purchase"})], "cs": "86400"}})
+    got = dict(alert_series.compute_series(run, funnel, scope, now))
+    # a day counts once its conversion window (1 day) has passed: days 0-4 (day 4 ends + 1 day = day 6 00:00 <= now)
+    want = {datetime(d.year, d.month, d.day, tzinfo=UTC): v for d, v in conv.items() if d <= date(2025, 11, 7)}
+    assert got == pytest.approx(want) and len(want) == 5
+    retention = alert_series.normalize_spec({"kind": "retention", "day": 1, "params": {
+        "se": json.dumps({"event_type": "signup"}), "re": json.dumps({"event_type": "_active"}), "i": "1"}})
+    got = dict(alert_series.compute_series(run, retention, scope, now))
+    # day 1 of cohort d is complete once day d+1 ended: cohorts 0-4 (cohort 5's day 1 is today)
+    want = {datetime(d.year, d.month, d.day, tzinfo=UTC): v for d, v in ret.items() if d <= date(2025, 11, 7)}
+    assert got == pytest.approx(want) and len(set(want.values())) > 1
