@@ -294,3 +294,37 @@ def test_funnel_conversion_and_retention_day_n_series(world: World) -> None:
     # day 1 of cohort d is complete once day d+1 ended: cohorts 0-4 (cohort 5's day 1 is today)
     want = {datetime(d.year, d.month, d.day, tzinfo=UTC): v for d, v in ret.items() if d <= date(2025, 11, 7)}
     assert got == pytest.approx(want) and len(set(want.values())) > 1
+
+
+def test_cli_create_list_show_snooze_delete(world: World, chserver: ChServer) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = os.environ | {"EVENTPIPE_HOME": str(world.settings.eventpipe_home), "CLICKHOUSE_URL": chserver.clickhouse_url,
+                        "METADATA_DB_URL": str(world.settings.metadata_db_url)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "eventpipe_cli.main", "alerts", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    r = cli("create", "--project", PROJECT, "--name", "cli error rate", "--condition", "above", "--threshold", "0.05",
+            "--webhook", "http://127.0.0.1:9/hook", "--series", json.dumps(ERROR_RATE))
+    assert r.returncode == 0, r.stderr
+    aid = r.stdout.strip().splitlines()[-1]
+    assert "webhook secret" in r.stdout
+    listed = cli("list", "--project", PROJECT, "--json")
+    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [aid]
+    shown = json.loads(cli("show", aid, "--project", PROJECT).stdout)
+    assert (shown["condition"], shown["threshold"], shown["interval"], shown["history"]) == ("above", 0.05, "hour", [])
+    assert world.http.get(f"/api/alerts/{aid}", auth=world.auth).json()["name"] == "cli error rate"  # the same store
+    r = cli("snooze", aid, "--project", PROJECT, "--minutes", "30")
+    assert r.returncode == 0 and "snoozed" in r.stdout, r.stderr
+    assert cli("snooze", aid, "--project", PROJECT, "--off").returncode == 0
+    assert "snoozed" not in cli("list", "--project", PROJECT).stdout
+    bad = cli("create", "--project", PROJECT, "--name", "x", "--condition", "above", "--threshold", "1",
+              "--webhook", "http://127.0.0.1:9/hook", "--series", '{"kind": "pie"}')
+    assert bad.returncode == 2 and "series.kind" in bad.stderr
+    assert cli("show", aid, "--project", "someone-else").returncode == 2
+    assert cli("delete", aid, "--project", PROJECT).returncode == 0
+    assert cli("show", aid, "--project", PROJECT).returncode == 2
