@@ -2,6 +2,7 @@ import { useState } from 'react'
 import { api, get, type ChartKind, type Dashboard, type SavedChart, type Tile } from '../api'
 import { StateView, useAsync } from '../components'
 import { ActivityView, type ActDef } from './Activity'
+import { AlertForm, AlertsList } from './Alerts'
 import { FunnelView, type FunnelDef } from './Funnel'
 import { RetentionView, type RetDef } from './Retention'
 import { SegmentationView, type SegDef } from './Segmentation'
@@ -21,6 +22,8 @@ export function ChartRenderer({ kind, definition }: { kind: ChartKind; definitio
 
 export function ChartsList() {
   const [version, setVersion] = useState(0)
+  const [alertFor, setAlertFor] = useState<number | null>(null)
+  const [alertsVersion, setAlertsVersion] = useState(0)
   const charts = useAsync(`charts${version}`, () => get<{ charts: SavedChart[] }>('/api/web/charts'))
   return (
     <section className="page" data-testid="page-charts">
@@ -37,7 +40,7 @@ export function ChartsList() {
               </tr>
             </thead>
             <tbody>
-              {c.charts.map((ch) => (
+              {c.charts.map((ch) => [
                 <tr key={ch.id} data-testid="chart-row">
                   <td>
                     <a href={`#/charts/${ch.id}`}>{ch.name}</a>
@@ -45,6 +48,11 @@ export function ChartsList() {
                   <td>{ch.kind}</td>
                   <td>{ch.updated_at.slice(0, 16).replace('T', ' ')}</td>
                   <td>
+                    {['segmentation', 'funnel', 'retention'].includes(ch.kind) && (
+                      <button className="link" data-testid="chart-alert" onClick={() => setAlertFor(alertFor === ch.id ? null : ch.id)}>
+                        alert
+                      </button>
+                    )}{' '}
                     <button
                       className="link"
                       onClick={async () => {
@@ -55,12 +63,20 @@ export function ChartsList() {
                       delete
                     </button>
                   </td>
-                </tr>
-              ))}
+                </tr>,
+                alertFor === ch.id && (
+                  <tr key={`alert-${ch.id}`}>
+                    <td colSpan={4}>
+                      <AlertForm chart={ch} onDone={() => setAlertsVersion(alertsVersion + 1)} />
+                    </td>
+                  </tr>
+                ),
+              ])}
             </tbody>
           </table>
         )}
       </StateView>
+      <AlertsList version={alertsVersion} onChange={() => setAlertsVersion(alertsVersion + 1)} />
     </section>
   )
 }
