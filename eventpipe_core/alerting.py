@@ -1,4 +1,4 @@
-"""Alert evaluation and webhook delivery (pure core; the Dagster sensor, API and CLI are not written yet).
+"""Alert evaluation and webhook delivery (pure core; used by the Dagster alerts_sensor, /api/alerts and `eventpipe alerts`).
 
 Rules (the contract):
 

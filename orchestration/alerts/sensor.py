@@ -21,6 +21,7 @@ retried next tick without blocking the others. The series are computed by the qu
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,6 +35,8 @@ from orchestration.partitions import HOURLY_FMT
 from orchestration.resources import MetadataStoreResource
 
 MAX_RECORDS_PER_TICK = 10_000
+TICK_BUDGET_S = 40.0  # Dagster times a sensor tick out at 60 s: alerts left over stay due for the next tick
+DELIVERY = {"attempts": 3, "backoff_s": 0.2}  # per tick; undelivered transitions are retried on later ticks
 
 
 def interval_floor(now: datetime, interval: timedelta, tz: str) -> datetime:
@@ -90,7 +93,11 @@ def evaluate_alerts(settings: Settings, store: Any, instance: dg.DagsterInstance
 
         engine = Engine.from_settings(settings)
     zones: dict[str, str] = {}
+    started = time.monotonic()
     for alert in alerts:
+        if time.monotonic() - started > TICK_BUDGET_S:
+            summary["deferred"] = summary.get("deferred", 0) + 1
+            continue
         tz = zones.setdefault(alert["project"], get_timezone(store, alert["project"]))
         spec = alert["series"]
         try:
@@ -98,13 +105,13 @@ def evaluate_alerts(settings: Settings, store: Any, instance: dg.DagsterInstance
             stamp = alert_series.HOUR if alert["interval"] == "hour" else alert_series.DAY
             key = f"{alert['id']}|{alert['condition']}|{alert['threshold']}|{json.dumps(spec, sort_keys=True)}"
             if not due(alert, loaded, boundaries.get(key), now, tz, window):
-                if deliver_pending(store, alert["id"]):  # a receiver that was down gets its transitions now
+                if deliver_pending(store, alert["id"], **DELIVERY):  # a receiver that was down gets its transitions now
                     summary["redelivered"].append(alert["id"])
                 continue
             scope = P.Scope(project=alert["project"], timezone=tz, hot_from=engine.hot_from(), lake_path=engine.lake_path)
             series = alert_series.compute_series(lambda c: engine.run(c).rows, spec, scope, now, alert["condition"])
             clock = now if spec.get("complete_only", True) else now + stamp
-            events = run_alert(store, alert["id"], series, clock)
+            events = run_alert(store, alert["id"], series, clock, **DELIVERY)
         except Exception as exc:  # noqa: BLE001 - one broken alert must not stop the others; retried next tick
             summary["errors"][alert["id"]] = f"{type(exc).__name__}: {exc}"[:500]
             continue
@@ -138,7 +145,8 @@ def build_alert_sensor(settings: Settings, clock: Callable[[], datetime] | None 
         text = (f"evaluated {len(summary['evaluated'])} alert(s), {len(summary['transitions'])} transition(s)"
                 + (f": {', '.join(summary['transitions'])}" if summary["transitions"] else "")
                 + (f"; delivered pending transitions of {len(summary['redelivered'])}" if summary["redelivered"] else "")
-                + (f"; {len(summary['errors'])} failed" if summary["errors"] else ""))
+                + (f"; {len(summary['errors'])} failed" if summary["errors"] else "")
+                + (f"; {summary['deferred']} deferred to the next tick" if summary.get("deferred") else ""))
         return dg.SensorResult(skip_reason=dg.SkipReason(text), cursor=json.dumps(cursor, sort_keys=True))
 
     return alerts_sensor
