@@ -140,3 +140,22 @@ def test_persisted_alert_survives_processes_and_redelivers_only_undelivered(rece
     assert [e["type"] for e in run_alert(store, aid, error_rate([1, 8, 2], [100] * 3), T0 + 3 * H)] == ["resolved"]
     assert [(e["type"], e["delivered"]) for e in alert_history(store, aid)] == [("firing", True), ("resolved", True)]
     store.dispose()
+
+
+def test_a_revision_of_the_latest_interval_resolves_with_its_old_value(receiver: tuple[Receiver, str]) -> None:
+    rec, url = receiver
+    rule = Rule("latest", "above", 0.05, H, url, SECRET)
+    state = AlertState()
+    now = T0 + 2 * H + timedelta(minutes=5)
+    assert [e["type"] for e in run(rule, state, error_rate([1, 8], [100, 100]), now)] == ["firing"]
+    # a late batch revises hour 1 (still the latest complete one) to 4 %: resolved, carrying the revised value
+    events = run(rule, state, error_rate([1, 8], [100, 200]), now + timedelta(minutes=10))
+    assert [(e["type"], e["interval_start"], e["old_value"], e["value"]) for e in events] == [
+        ("resolved", (T0 + H).isoformat(), 0.08, 0.04)]
+    # revised up again: re-fires, with the revision
+    events = run(rule, state, error_rate([1, 12], [100, 200]), now + timedelta(minutes=20))
+    assert [(e["type"], e["old_value"], e["value"]) for e in events] == [("firing", 0.04, 0.06)]
+    assert [r[1]["type"] for r in rec.received] == ["firing", "resolved", "firing"]
+    # a plain new interval resolving carries no old value
+    events = run(rule, state, error_rate([1, 12, 1], [100, 200, 100]), T0 + 3 * H)
+    assert [(e["type"], e["old_value"]) for e in events] == [("resolved", None)]
