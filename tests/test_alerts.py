@@ -232,6 +232,27 @@ def test_alerts_api_bad_input_scope_and_charts(world: World) -> None:
     a = r.json()
     assert a["series"]["chart_id"] == chart["id"] and a["interval"] == "day" and a["series"]["params"]["m"] == "totals"
     assert json.loads(a["series"]["params"]["e"])["event_type"] == "purchase" and "start" not in a["series"]["params"]
+    # funnel and retention charts (the UI's state) -> daily conversion / retention day N alerts
+    funnel = http.post("/api/web/charts", auth=auth, json={"name": "signup funnel", "kind": "funnel", "definition": {
+        "steps": ["signup", "purchase"], "window": "86400", "mode": "ordered",
+        "groupBy": {"type": "user", "value": "country"}, "start": "2025-10-01", "end": "2025-10-07"}}).json()
+    r = http.post("/api/alerts", auth=auth, json={"name": "conversion < 20 %", "condition": "below", "threshold": 0.2,
+                                                  "webhook_url": base["webhook_url"], "chart_id": funnel["id"]})
+    assert r.status_code == 201, r.text
+    assert r.json()["series"]["params"] == {"e": [json.dumps({"event_type": "signup"}), json.dumps({"event_type": "purchase"})],
+                                            "mode": "ordered", "cs": "86400", "g": "country"}
+    ret = http.post("/api/web/charts", auth=auth, json={"name": "d1", "kind": "retention", "definition": {
+        "start_event": "signup", "return_event": "_active", "mode": "n-day", "interval": "1", "start": "2025-10-01",
+        "end": "2025-10-07"}}).json()
+    no_day = http.post("/api/alerts", auth=auth, json={"name": "d1", "condition": "below", "threshold": 0.3,
+                                                       "webhook_url": base["webhook_url"], "chart_id": ret["id"]})
+    assert no_day.status_code == 400 and no_day.json()["parameter"] == "series.day"
+    r = http.post("/api/alerts", auth=auth, json={"name": "d1", "condition": "below", "threshold": 0.3, "series": {"day": 1},
+                                                  "webhook_url": base["webhook_url"], "chart_id": ret["id"]})
+    assert r.status_code == 201 and r.json()["series"]["day"] == 1 and r.json()["interval"] == "day", r.text
+    users = http.post("/api/web/charts", auth=auth, json={"name": "u", "kind": "users", "definition": {}}).json()
+    r = http.post("/api/alerts", auth=auth, json={**base, "series": None, "chart_id": users["id"]})
+    assert r.status_code == 400 and r.json()["parameter"] == "series.kind"
     r = http.put(f"/api/alerts/{a['id']}", auth=auth, json={"condition": "below", "threshold": 2, "name": "renamed"})
     assert r.status_code == 200 and (r.json()["condition"], r.json()["threshold"], r.json()["name"]) == ("below", 2, "renamed")
     assert http.put(f"/api/alerts/{a['id']}", auth=auth, json={"threshold": None, "condition": "above"}).status_code == 400
@@ -243,6 +264,8 @@ def test_alerts_api_bad_input_scope_and_charts(world: World) -> None:
         assert http.request(method, f"/api/alerts/{a['id']}", auth=other).status_code == 404
     assert http.post(f"/api/alerts/{a['id']}/snooze", auth=other, json={"minutes": 5}).status_code == 404
     assert http.delete(f"/api/alerts/{a['id']}", auth=auth).status_code == 200
+    for left in http.get("/api/alerts", auth=auth).json()["alerts"]:
+        assert http.delete(f"/api/alerts/{left['id']}", auth=auth).status_code == 200
 
 
 # --- funnel conversion and retention day N equal a pure-Python reference ------------------------------------------
