@@ -89,7 +89,8 @@ class AlertState:
         latest = max(evaluation)
         for t, (v, breach) in sorted(evaluation.items()):
             old = self.last.get(t)
-            if t != latest and old is not None and old != (v, breach) and old[1] != breach:
+            # a revision is a changed value whose breach flipped (an anomaly band sliding over unchanged data is not)
+            if t != latest and old is not None and old[0] != v and old[1] != breach:
                 events.append(self._event(rule, "revised", t, v, breach, old_value=old[0]))
         value_now, breach_now = evaluation[latest]
         before = self.last.get(latest)  # late data may have revised the latest interval itself

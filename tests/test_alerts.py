@@ -351,3 +351,39 @@ def test_cli_create_list_show_snooze_delete(world: World, chserver: ChServer) ->
     assert cli("show", aid, "--project", "someone-else").returncode == 2
     assert cli("delete", aid, "--project", PROJECT).returncode == 0
     assert cli("show", aid, "--project", PROJECT).returncode == 2
+
+
+def test_anomaly_alert_on_a_daily_series(world: World, receiver: tuple[Receiver, str]) -> None:  # noqa: F811
+    """Weekly-seasonal daily visits over 160 days, a planted spike: the anomaly alert stays quiet on normal days,
+    fires on the spike day once it is complete, and resolves the next day."""
+    from eventpipe_core.metadata.alerts import create_alert
+
+    rec, url = receiver
+    project = "alertanomaly"
+    world.store.create_project(project)
+    rng = random.Random(3)
+    first = datetime(2025, 1, 6, tzinfo=UTC)
+    spike = first + timedelta(days=160)
+    events = []
+    for d in range(163):
+        day = first + timedelta(days=d)
+        n = (60 if day == spike else 20 + (6 if day.weekday() >= 5 else 0)) + rng.randint(-2, 2)
+        events += [{"time": ms(day + timedelta(hours=12, seconds=k)), "insert_id": f"v{d}-{k}", "actor_id": f"a{k}",
+                    "event_type": "visit"} for k in range(n)]
+    world.load(events, project)
+    spec = alert_series.normalize_spec({"kind": "segmentation", "params": {
+        "e": json.dumps({"event_type": "visit"}), "m": "totals", "i": "1"}})
+    aid, _ = create_alert(world.store, project, "visits anomaly", series=spec, condition="anomaly", threshold=0,
+                          interval=timedelta(days=1), webhook_url=url)
+    mine = lambda: [(b["type"], b["interval_start"]) for _, b in rec.received if b["alert_id"] == aid]  # noqa: E731
+    world.now = spike + timedelta(hours=6)  # the spike day is running: the day before is the latest complete one
+    world.tick()
+    assert mine() == []
+    world.now = spike + timedelta(days=1, hours=1)
+    assert "firing" in world.tick()
+    world.now = spike + timedelta(days=2, hours=1)
+    assert "resolved" in world.tick()
+    assert mine() == [("firing", spike.isoformat()), ("resolved", (spike + timedelta(days=1)).isoformat())]
+    from eventpipe_core.metadata.alerts import delete_alert
+
+    assert delete_alert(world.store, project, aid)
