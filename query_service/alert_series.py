@@ -59,6 +59,8 @@ def normalize_spec(spec: Any) -> dict[str, Any]:
             clean[str(k)] = str(v)
         elif v is not None:
             raise _err(f"params.{k}", "must be a string or a list of strings")
+    if kind == "funnel" and "cs" not in clean:  # explicit: the lookback and completeness depend on the window
+        clean["cs"] = str(P.DEFAULT_CONVERSION_WINDOW_S)
     index = spec.get("series", 0)
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 1000:
         raise _err("series", "must be a series index >= 0")

@@ -387,3 +387,45 @@ def test_anomaly_alert_on_a_daily_series(world: World, receiver: tuple[Receiver,
     from eventpipe_core.metadata.alerts import delete_alert
 
     assert delete_alert(world.store, project, aid)
+
+
+def test_chart_definitions_become_the_uis_api_parameters() -> None:
+    """The same translation as web/src/pages/Segmentation.tsx segParams (filters, group-by, e2)."""
+    definition = {"event": "purchase", "event2": "view", "metric": "uniques", "interval": "-3600000",
+                  "filters": [{"prop": {"type": "event", "value": "plan"}, "op": "is", "values": "pro, team"},
+                              {"prop": None, "op": "is", "values": ""}],
+                  "groupBy": {"type": "user", "value": "country"}, "start": "2025-10-01", "end": "2025-10-02"}
+    params = alert_series.params_from_chart("segmentation", definition)
+    e = {"event_type": "purchase", "filters": [{"subprop_type": "event", "subprop_key": "plan", "subprop_op": "is",
+                                                "subprop_value": ["pro", "team"]}],
+         "group_by": [{"type": "user", "value": "country"}]}
+    assert {k: (json.loads(v) if k in ("e", "e2") else v) for k, v in params.items()} == {
+        "e": e, "e2": {**e, "event_type": "view"}, "m": "uniques", "i": "-3600000"}
+    spec = alert_series.normalize_spec({"kind": "segmentation", "params": params, "series": 3})
+    assert alert_series.interval(spec) == alert_series.HOUR and spec["series"] == 3
+    funnel = alert_series.normalize_spec({"kind": "funnel", "params": alert_series.params_from_chart("funnel", {
+        "steps": ["a", "b"], "mode": "ordered", "groupBy": {"type": "event", "value": "plan"}})})
+    assert funnel["params"]["g"] == "ep:plan" and funnel["params"]["cs"] == str(7 * 86400)
+    # no cs: Amplitude's 30-day default, and the window reads that much further back
+    bare = alert_series.normalize_spec({"kind": "funnel", "params": {"e": [json.dumps({"event_type": "a"})]}})
+    assert bare["params"]["cs"] == str(30 * 86400) and alert_series.lookback_days(bare, "below") == 60
+
+
+def test_due_hourly_daily_and_late_loads() -> None:
+    from orchestration.alerts.sensor import due, interval_floor
+
+    now = datetime(2025, 9, 10, 14, 20, tzinfo=UTC)
+    hourly = {"interval": "hour", "series": {}}
+    daily = {"interval": "day", "series": {}}
+    hour_b = interval_floor(now, H, "UTC").isoformat()
+    day_b = interval_floor(now, timedelta(days=1), "UTC").isoformat()
+    assert due(hourly, [], None, now, "UTC", 3)  # never evaluated
+    assert not due(hourly, [], hour_b, now, "UTC", 3)  # evaluated this hour, nothing loaded
+    assert due(hourly, [], (now - H).replace(minute=0).isoformat(), now, "UTC", 3)  # a new hour completed
+    assert due(hourly, [now.replace(minute=0)], hour_b, now, "UTC", 3)  # a load of the running hour
+    assert not due(hourly, [now - timedelta(days=10)], hour_b, now, "UTC", 3)  # outside the window
+    assert not due(daily, [now.replace(minute=0)], day_b, now, "UTC", 30)  # today's hour: the day is not complete
+    assert due(daily, [now - timedelta(days=2)], day_b, now, "UTC", 30)  # a late hour of a complete day
+    assert due({**daily, "series": {"complete_only": False}}, [now.replace(minute=0)], day_b, now, "UTC", 30)
+    # days end at the project's local midnight
+    assert interval_floor(now, timedelta(days=1), "America/New_York") == datetime(2025, 9, 10, 4, tzinfo=UTC)
