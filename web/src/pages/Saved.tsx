@@ -1,6 +1,6 @@
 import { useState } from 'react'
 import { api, get, type ChartKind, type Dashboard, type SavedChart, type Tile } from '../api'
-import { StateView, useAsync } from '../components'
+import { DataTable, StateView, useAsync } from '../components'
 import { ActivityView, type ActDef } from './Activity'
 import { AlertForm, AlertsList } from './Alerts'
 import { FunnelView, type FunnelDef } from './Funnel'
@@ -30,50 +30,49 @@ export function ChartsList() {
       <h1>Saved charts</h1>
       <StateView value={charts} isEmpty={(c) => c.charts.length === 0} empty="No saved charts yet: build one and press “Save chart”.">
         {(c) => (
-          <table className="list">
-            <thead>
-              <tr>
-                <th>name</th>
-                <th>kind</th>
-                <th>updated</th>
-                <th />
-              </tr>
-            </thead>
-            <tbody>
-              {c.charts.map((ch) => [
-                <tr key={ch.id} data-testid="chart-row">
-                  <td>
-                    <a href={`#/charts/${ch.id}`}>{ch.name}</a>
-                  </td>
-                  <td>{ch.kind}</td>
-                  <td>{ch.updated_at.slice(0, 16).replace('T', ' ')}</td>
-                  <td>
-                    {['segmentation', 'funnel', 'retention'].includes(ch.kind) && (
-                      <button className="link" data-testid="chart-alert" onClick={() => setAlertFor(alertFor === ch.id ? null : ch.id)}>
-                        alert
-                      </button>
-                    )}{' '}
-                    <button
-                      className="link"
-                      onClick={async () => {
-                        await api('DELETE', `/api/web/charts/${ch.id}`)
-                        setVersion(version + 1)
-                      }}
-                    >
-                      delete
+          <>
+          <DataTable
+            className="list"
+            rows={c.charts}
+            rowKey={(ch) => String(ch.id)}
+            rowTestId={() => 'chart-row'}
+            columns={[
+              { key: 'name', header: 'name', cell: (ch) => <a href={`#/charts/${ch.id}`}>{ch.name}</a> },
+              { key: 'kind', header: 'kind', cell: (ch) => ch.kind },
+              { key: 'updated', header: 'updated', cell: (ch) => ch.updated_at.slice(0, 16).replace('T', ' ') },
+              {
+                key: 'delete',
+                header: '',
+                cell: (ch) => (
+                  <>
+                  {['segmentation', 'funnel', 'retention'].includes(ch.kind) && (
+                    <button className="link" data-testid="chart-alert" onClick={() => setAlertFor(alertFor === ch.id ? null : ch.id)}>
+                      alert
                     </button>
-                  </td>
-                </tr>,
-                alertFor === ch.id && (
-                  <tr key={`alert-${ch.id}`}>
-                    <td colSpan={4}>
-                      <AlertForm chart={ch} onDone={() => setAlertsVersion(alertsVersion + 1)} />
-                    </td>
-                  </tr>
+                  )}{' '}
+                  <button
+                    className="link"
+                    onClick={async () => {
+                      await api('DELETE', `/api/web/charts/${ch.id}`)
+                      setVersion(version + 1)
+                    }}
+                  >
+                    delete
+                  </button>
+                  </>
                 ),
-              ])}
-            </tbody>
-          </table>
+              },
+            ]}
+          />
+          {c.charts
+            .filter((ch) => ch.id === alertFor)
+            .map((ch) => (
+              <div key={ch.id} data-testid="alert-for">
+                <h2>Alert on “{ch.name}”</h2>
+                <AlertForm chart={ch} onDone={() => setAlertsVersion(alertsVersion + 1)} />
+              </div>
+            ))}
+          </>
         )}
       </StateView>
       <AlertsList version={alertsVersion} onChange={() => setAlertsVersion(alertsVersion + 1)} />
