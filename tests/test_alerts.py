@@ -429,3 +429,25 @@ def test_due_hourly_daily_and_late_loads() -> None:
     assert due({**daily, "series": {"complete_only": False}}, [now.replace(minute=0)], day_b, now, "UTC", 30)
     # days end at the project's local midnight
     assert interval_floor(now, timedelta(days=1), "America/New_York") == datetime(2025, 9, 10, 4, tzinfo=UTC)
+
+
+def test_complete_only_false_evaluates_the_running_hour(world: World, receiver: tuple[Receiver, str]) -> None:  # noqa: F811
+    rec, url = receiver
+    t0 = datetime(2025, 12, 1, tzinfo=UTC)
+    world.load(hour_events(t0, 1, 100, "c") + hour_events(t0 + H, 30, 100, "c"))  # hour 1 is running at 30 %
+    aids = {}
+    for complete_only in (True, False):
+        r = world.http.post("/api/alerts", auth=world.auth, json={
+            "name": f"running {complete_only}", "condition": "above", "threshold": 0.05, "webhook_url": url,
+            "series": {**ERROR_RATE, "complete_only": complete_only}})
+        assert r.status_code == 201, r.text
+        aids[complete_only] = r.json()["id"]
+    world.now = t0 + H + timedelta(minutes=20)
+    world.tick()
+    fired = [(b["alert_id"], b["interval_start"]) for _, b in rec.received]
+    assert fired == [(aids[False], (t0 + H).isoformat())]  # only the alert that watches the running hour
+    bad = world.http.post("/api/alerts", auth=world.auth, json={
+        "name": "x", "condition": "above", "threshold": 1, "webhook_url": url, "series": {**ERROR_RATE, "complete_only": "no"}})
+    assert bad.status_code == 400 and bad.json()["parameter"] == "series.complete_only"
+    for aid in aids.values():
+        world.http.delete(f"/api/alerts/{aid}", auth=world.auth)
