@@ -31,47 +31,47 @@ export function ChartsList() {
       <StateView value={charts} isEmpty={(c) => c.charts.length === 0} empty="No saved charts yet: build one and press “Save chart”.">
         {(c) => (
           <>
-          <DataTable
-            className="list"
-            rows={c.charts}
-            rowKey={(ch) => String(ch.id)}
-            rowTestId={() => 'chart-row'}
-            columns={[
-              { key: 'name', header: 'name', cell: (ch) => <a href={`#/charts/${ch.id}`}>{ch.name}</a> },
-              { key: 'kind', header: 'kind', cell: (ch) => ch.kind },
-              { key: 'updated', header: 'updated', cell: (ch) => ch.updated_at.slice(0, 16).replace('T', ' ') },
-              {
-                key: 'delete',
-                header: '',
-                cell: (ch) => (
-                  <>
-                  {['segmentation', 'funnel', 'retention'].includes(ch.kind) && (
-                    <button className="link" data-testid="chart-alert" onClick={() => setAlertFor(alertFor === ch.id ? null : ch.id)}>
-                      alert
-                    </button>
-                  )}{' '}
-                  <button
-                    className="link"
-                    onClick={async () => {
-                      await api('DELETE', `/api/web/charts/${ch.id}`)
-                      setVersion(version + 1)
-                    }}
-                  >
-                    delete
-                  </button>
-                  </>
-                ),
-              },
-            ]}
-          />
-          {c.charts
-            .filter((ch) => ch.id === alertFor)
-            .map((ch) => (
-              <div key={ch.id} data-testid="alert-for">
-                <h2>Alert on “{ch.name}”</h2>
-                <AlertForm chart={ch} onDone={() => setAlertsVersion(alertsVersion + 1)} />
-              </div>
-            ))}
+            <DataTable
+              className="list"
+              rows={c.charts}
+              rowKey={(ch) => String(ch.id)}
+              rowTestId={() => 'chart-row'}
+              columns={[
+                { key: 'name', header: 'name', cell: (ch) => <a href={`#/charts/${ch.id}`}>{ch.name}</a> },
+                { key: 'kind', header: 'kind', cell: (ch) => ch.kind },
+                { key: 'updated', header: 'updated', cell: (ch) => ch.updated_at.slice(0, 16).replace('T', ' ') },
+                {
+                  key: 'delete',
+                  header: '',
+                  cell: (ch) => (
+                    <>
+                      {['segmentation', 'funnel', 'retention'].includes(ch.kind) && (
+                        <button className="link" data-testid="chart-alert" onClick={() => setAlertFor(alertFor === ch.id ? null : ch.id)}>
+                          alert
+                        </button>
+                      )}{' '}
+                      <button
+                        className="link"
+                        onClick={async () => {
+                          await api('DELETE', `/api/web/charts/${ch.id}`)
+                          setVersion(version + 1)
+                        }}
+                      >
+                        delete
+                      </button>
+                    </>
+                  ),
+                },
+              ]}
+            />
+            {c.charts
+              .filter((ch) => ch.id === alertFor)
+              .map((ch) => (
+                <div key={ch.id} data-testid="alert-for">
+                  <h2>Alert on “{ch.name}”</h2>
+                  <AlertForm chart={ch} onDone={() => setAlertsVersion(alertsVersion + 1)} />
+                </div>
+              ))}
           </>
         )}
       </StateView>
