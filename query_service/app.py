@@ -29,6 +29,7 @@ from eventpipe_core.metadata.secrets import project_for_credentials
 from eventpipe_core.settings import Settings, get_settings
 from query_service import params as P
 from query_service import params_insights as PI
+from query_service.alerts_api import alert_routes
 from query_service.cohorts_api import cohort_routes
 from query_service.engine import Engine, QueryFailed
 from query_service.export_api import export_handler
@@ -230,6 +231,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
         Route("/api/2/export", guarded(export_handler(settings))),  # issue 16: raw export (query_service/export_api.py)
         *cohort_routes(store, engine, guarded),  # issue 16: cohorts (query_service/cohorts_api.py)
         sql_route(settings, engine, lambda h: guarded(qcache.wrap_request("sql", sql_planner(engine, settings), h))),
+        *alert_routes(store, guarded),  # issue 16: alerts (query_service/alerts_api.py)
         Route("/healthz", healthz),
         Route("/openapi.json", openapi),
         Route("/docs", docs),

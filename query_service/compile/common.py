@@ -56,6 +56,9 @@ class Compiled:
         return tuple((self.project, d) for d in self.utc_days)
 
 
+PROJECT_PARAM = "query_project"  # the query's project, bound by every events_source (one project per query)
+
+
 class Binder:
     """Collects bound parameters; ``bind`` returns the placeholder to put in SQL."""
 
@@ -188,6 +191,7 @@ def events_source(b: Binder, scope: Scope, start_ms: int | None, end_ms: int | N
     """
     cols = tuple(dict.fromkeys((*columns, "is_bot", "received_at")))
     project = b.bind(scope.project, "String")
+    b.params[PROJECT_PARAM] = scope.project  # issue 16: the cohort segment's subquery is scoped to it too
 
     def where(lo: int | None, hi: int | None) -> str:
         w = [f"project = {project}"]
