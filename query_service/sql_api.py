@@ -23,6 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Literal
 
 import orjson
@@ -159,16 +160,26 @@ def execute_sql(engine: Any, limits: SqlLimits, project: str, tz: str, normalize
     return out
 
 
-def sql_route(settings: Settings, engine: Any, guarded: Guard) -> Route:
-    """``POST /api/sql`` behind the app's auth (``guarded`` turns ParamError into 400, QueryFailed into 503)."""
-    limits = SqlLimits.from_settings(settings)
+Executor = Callable[[str, str, str, dict[str, ParamValue]], dict[str, Any]]  # (project, tz, normalized, params)
+
+
+def sql_executor(settings: Settings, engine: Any) -> Executor:
+    """:func:`execute_sql` bound to the engine and the SQL limits: what a cache wraps."""
+    return partial(execute_sql, engine, SqlLimits.from_settings(settings))
+
+
+def sql_route(settings: Settings, engine: Any, guarded: Guard, wrap: Callable[[Executor], Executor] | None = None) -> Route:
+    """``POST /api/sql`` behind the app's auth (``guarded`` turns ParamError into 400, QueryFailed into 503);
+    ``wrap`` decorates the executor (a result cache keyed on project, tz, normalized SQL, params and
+    :func:`reads`)."""
+    run = sql_executor(settings, engine)
+    run = wrap(run) if wrap is not None else run
 
     async def handler(request: Request, scope: Any) -> Response:
         query, params = parse_body(await request.body())
         try:
             normalized = prepare(query, engine.database).normalized
-            result = await run_in_threadpool(execute_sql, engine, limits, scope.project, scope.timezone, normalized,
-                                             params)
+            result = await run_in_threadpool(run, scope.project, scope.timezone, normalized, params)
         except (SqlRefused, SqlFailed) as exc:
             body = {"code": exc.status, "error": exc.message, "parameter": "query"}
             return Response(orjson.dumps(body), status_code=exc.status, media_type="application/json")

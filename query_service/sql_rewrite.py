@@ -33,6 +33,7 @@ events ordered by (event_time, insert_id), as the typed endpoints order them):
   the local day (project time zone) of its first start event, a return event on day cohort+N (``n-day``,
   default) or on any day ≥ cohort+N (``rolling``); ``N = 0`` → 1 for every actor with a start event.
   As ``query_service/compile/retention.py`` for daily intervals.
+* ``projectTimezone()`` → the project's time zone (String), e.g. ``toDate(event_time, projectTimezone())``.
 """
 
 from __future__ import annotations
@@ -302,6 +303,10 @@ def _expand_custom(root: exp.Expression) -> exp.Expression:
             if not 1 <= len(conds) <= MAX_FUNNEL_STEPS:
                 raise _refuse(f"FUNNEL takes 1 to {MAX_FUNNEL_STEPS} step conditions")
             return sqlglot.parse_one(funnel_sql(window, [_sql(c) for c in conds], mode), read=DIALECT)
+        if name.lower() == "projecttimezone":
+            if args:
+                raise _refuse("projectTimezone() takes no arguments")
+            return exp.Placeholder(this=TZ_PARAM, kind=exp.DataType.build("String"))
         if name == "RETENTION":
             rest, mode = _mode_arg(args, RETENTION_MODES, "RETENTION", "n-day")
             if len(rest) != 3:

@@ -217,8 +217,10 @@ def test_bad_requests(api: dict[str, Any]) -> None:
 
 
 def test_limits_from_settings(api: dict[str, Any]) -> None:
-    got = rows(api, "SELECT getSetting('max_execution_time') AS t, getSetting('max_result_rows') AS r")
+    got = rows(api, "SELECT getSetting('max_execution_time') AS t, getSetting('max_result_rows') AS r,"
+                    " getSetting('readonly') AS ro")
     assert (int(got[0]["t"]), int(got[0]["r"])) == (30, 100_000)  # the defaults, sent with every query
+    assert int(got[0]["ro"]) > 0, got  # the read-only user: chserver locks its connection in readonly mode
     got = sql(api, "SELECT getSetting('max_execution_time') AS t", client="small").json()["data"]
     assert int(got[0]["t"]) == 7
     r = sql(api, "SELECT insert_id FROM events", client="small")  # more than 50 rows
@@ -324,3 +326,24 @@ def test_rewrite_scopes_every_reference_and_normalizes() -> None:
         assert where.startswith(f"{R.SRC_ALIAS}.project = {{{R.PROJECT_PARAM}: String}}")
     assert R.rewrite(out.normalized, "analytics") == out  # the normalized text is a fixed point
     assert R.rewrite("select   count()  from events", "analytics").normalized == "SELECT count() FROM events"
+
+
+def test_readme_examples_and_project_timezone(api: dict[str, Any]) -> None:
+    assert rows(api, "SELECT projectTimezone() AS tz") == [{"tz": TZ}]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### SQL: `POST /api/sql`"):]
+    examples = [line for line in section[: section.index("```", section.index("```bash") + 7)].splitlines()
+                if line.startswith("curl ")]
+    assert len(examples) == 4
+    for line in examples:
+        body = line.split(" -d ", 1)[1]
+        text = body[1:-1].replace('\\"', '"') if body.startswith('"') else body[1:-1]
+        r = api["client"].post("/api/sql", content=text.encode(), auth=api["auth"])
+        assert r.status_code == 200, (line, r.text)
+
+
+def test_openapi_describes_sql(api: dict[str, Any]) -> None:
+    op = api["client"].get("/openapi.json").json()["paths"]["/api/sql"]["post"]
+    assert op["requestBody"]["content"]["application/json"]["schema"]["required"] == ["query"]
+    assert {"200", "400", "403"} <= set(op["responses"])
+    assert "POST /api/sql" in api["client"].get("/docs").text
