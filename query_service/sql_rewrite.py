@@ -73,7 +73,9 @@ DENIED_FUNCTIONS = frozenset(
      "cluster", "clusterallreplicas", "mysql", "postgresql", "mongodb", "redis", "sqlite", "jdbc", "odbc", "input",
      "executable", "iceberg", "deltalake", "hudi", "merge", "joinget", "joingetornull", "hascolumnintable",
      "catboostevaluate", "filecluster", "urlcluster", "loop", "view", "viewifpermitted", "getsubcolumn",
-     "getmacro", "displayname", "fqdn", "hostname", "getserverport", "uptime", "buildid"}
+     "getmacro", "displayname", "fqdn", "hostname", "getserverport", "uptime", "buildid",
+     # IN's function forms take a table name as their second argument
+     *(f"{g}{n}in{i}" for g in ("", "global") for n in ("", "null", "notnull", "not") for i in ("", "ignoreset"))}
 )  # fmt: skip
 _DENIED_PREFIXES = ("dict", "s3", "hdfs", "azure", "iceberg", "deltalake", "hudi", "remote")
 
@@ -187,7 +189,7 @@ def _check_tree(root: exp.Expression, database: str) -> tuple[list[exp.Table], s
             raise _refuse(f"names starting with {RESERVED_PREFIX} or __ep are reserved: {node.name[:60]}")
         if isinstance(node, exp.CTE) and not node.args.get("scalar") and node.alias_or_name in TABLES:
             raise _refuse(f"a CTE may not be named {node.alias_or_name!r}: it would shadow that table")
-        if isinstance(node, exp.In) and node.args.get("field") is not None:
+        if isinstance(node, exp.In) and (node.args.get("field") is not None or _names_a_table(node.expressions)):
             raise _refuse("write `x IN (SELECT …)` or `x IN (values…)`, not `x IN <table>`")
         if isinstance(node, exp.Func):
             fname = _function_name(node).lower()
@@ -198,6 +200,16 @@ def _check_tree(root: exp.Expression, database: str) -> tuple[list[exp.Table], s
             if scoped_table is not None:
                 scoped.append(scoped_table)
     return scoped, params
+
+
+def _names_a_table(items: list[exp.Expression]) -> bool:
+    """``x IN (t)``: ClickHouse reads a lone identifier on IN's right side as a table."""
+    if len(items) != 1:
+        return False
+    item = items[0]
+    while isinstance(item, exp.Paren | exp.Tuple) and len(item.expressions or [item.this]) == 1:
+        item = item.this if isinstance(item, exp.Paren) else item.expressions[0]
+    return isinstance(item, exp.Column | exp.Identifier | exp.Dot)
 
 
 def _check_table(node: exp.Table, database: str) -> exp.Table | None:

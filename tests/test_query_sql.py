@@ -156,6 +156,8 @@ def test_every_table_reference_is_the_callers_project(api: dict[str, Any]) -> No
     joined = rows(api, "SELECT s.actor_id AS a, count() AS n FROM fct_sessions AS s JOIN events USING (actor_id)"
                        " GROUP BY a ORDER BY a")
     assert [j["a"] for j in joined] == ["u1", "u2"]
+    # a CTE named like a table of the database is the CTE (ClickHouse resolves CTEs first)
+    assert rows(api, "WITH secret_stuff AS (SELECT 'x' AS v) SELECT v FROM secret_stuff") == [{"v": "x"}]
     # a scalar WITH named like the filter's column does not change the filter
     assert int(rows(api, "WITH 'other' AS project SELECT count() AS n FROM events")[0]["n"]) == shop_n
     # the reserved parameters cannot be overridden from the body
@@ -189,6 +191,15 @@ def test_every_table_reference_is_the_callers_project(api: dict[str, Any]) -> No
     ("SELECT * FROM secret_stuff AS events", 403),  # an alias trick
     ("SELECT * FROM (SELECT * FROM system.tables) AS events", 403),
     ("SELECT 1 WHERE 's3cr3t' IN secret_stuff", 400),
+    ("SELECT 's3cr3t' IN (secret_stuff)", 400),  # a lone name on IN's right side is a table
+    ("SELECT 1 WHERE 's3cr3t' NOT IN ((t_sqlapi.secret_stuff))", 400),
+    ("SELECT globalIn('s3cr3t', secret_stuff)", 403),  # IN's function form
+    ("SELECT (SELECT max(v) FROM secret_stuff)", 403),  # a scalar subquery
+    ("WITH (SELECT max(v) FROM secret_stuff) AS x SELECT x", 403),
+    ("SELECT * FROM events, secret_stuff", 403),
+    ("SELECT * FROM events AS e LEFT ANY JOIN `secret_stuff` AS s ON 1", 403),
+    ("SELECT * FROM merge('t_sqlapi', '.*')", 403),
+    ("SELECT * FROM `system`.`one`", 403),
     ("SELECT * FROM {t:Identifier}", 400),
     ("SELECT {_ep_project:String}", 400),
     ("SELECT count() FROM events AS __ep_src", 400),
