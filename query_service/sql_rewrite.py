@@ -17,6 +17,9 @@ Everything is decided on sqlglot's ClickHouse-dialect syntax tree, never on the 
   mart: ``(SELECT * FROM <db>.<table> AS __ep_src WHERE __ep_src.project = {_ep_project:String} …) AS <alias>``,
   in subqueries, CTEs, joins and unions alike. The filter's columns are qualified, so no alias of the query can
   shadow them.
+  WHERE conjuncts reading only ``event_time``, right over ``events`` (its only source), are also applied inside
+  that source, before the deduplication: the typed endpoints bound their source the same way, and the scan
+  is then bounded (partition pruning) instead of deduplicating the project's whole history.
 
 Custom aggregate functions (rewritten to plain ClickHouse SQL over the group's ``event_time``/``insert_id``;
 events ordered by (event_time, insert_id), as the typed endpoints order them):
@@ -243,6 +246,29 @@ def _scoped_source(table: str, database: str) -> str:
     return f"SELECT * FROM {src} WHERE {where}"
 
 
+def _time_bounds(table: exp.Table, alias: str) -> list[exp.Expression]:
+    """The conjuncts of the WHERE right over ``events`` (its only source) that read nothing but ``event_time``,
+    rewritten onto the source's column: applied before the deduplication too — what the typed endpoints do
+    (their source is bounded in time, then deduplicated) — so the scan is bounded and can skip partitions."""
+    from_ = table.parent
+    select = from_.parent if isinstance(from_, exp.From) else None
+    if not isinstance(select, exp.Select) or select.args.get("joins") or select.args.get("where") is None:
+        return []
+    cond = select.args["where"].this
+    out = []
+    for conj in (cond.flatten() if isinstance(cond, exp.And) else [cond]):
+        cols = list(conj.find_all(exp.Column))
+        if not cols or any(c.name != "event_time" or c.table not in ("", alias) or c.args.get("db") for c in cols):
+            continue
+        if conj.find(exp.Subquery, exp.Select, exp.AggFunc, exp.Window, exp.Lambda) is not None:
+            continue
+        copy = conj.copy()
+        for c in list(copy.find_all(exp.Column)):
+            c.replace(exp.column("event_time", table=SRC_ALIAS))
+        out.append(copy)
+    return out
+
+
 def _literal_int(node: exp.Expression, what: str) -> int:
     if isinstance(node, exp.Neg):
         raise _refuse(f"{what} must not be negative")
@@ -346,11 +372,16 @@ def rewrite(sql: str, database: str) -> Rewritten:
     normalized_query = query.sql(DIALECT)
     tables, params = _check_tree(query, database)
     read = frozenset(t.name for t in tables)
+    # an alias named event_time could be what a WHERE's `event_time` means: then nothing is pushed down
+    shadowed = any(a.alias == "event_time" for a in query.find_all(exp.Alias, exp.CTE))
     for table in tables:
         alias = table.alias or table.name
-        sub = exp.Subquery(this=sqlglot.parse_one(_scoped_source(table.name, database), read=DIALECT),
-                           alias=exp.TableAlias(this=exp.to_identifier(alias)))
-        table.replace(sub)
+        inner = sqlglot.parse_one(_scoped_source(table.name, database), read=DIALECT)
+        if table.name == EVENTS_TABLE and not shadowed:
+            for cond in _time_bounds(table, alias):
+                assert isinstance(inner, exp.Select)
+                inner.where(cond, copy=False)
+        table.replace(exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias))))
     query = _expand_custom(query)
     prefix = "EXPLAIN " + (kind + " " if kind else "") if explain else ""
     return Rewritten(normalized=prefix + normalized_query, sql=prefix + query.sql(DIALECT), tables=read,

@@ -336,6 +336,30 @@ def test_rewrite_scopes_every_reference_and_normalizes() -> None:
         where = t.find_ancestor(exp.Select).args["where"].this.sql("clickhouse")
         assert where.startswith(f"{R.SRC_ALIAS}.project = {{{R.PROJECT_PARAM}: String}}")
     assert R.rewrite(out.normalized, "analytics") == out  # the normalized text is a fixed point
+    assert "__ep_src.event_time" not in out.sql.replace("__ep_src.event_time LIMIT", "")  # no time bound to push
+
+
+def test_event_time_bounds_pushed_below_deduplication() -> None:
+    bound = "__ep_src.event_time >= now() - INTERVAL '30' DAY"
+    out = R.rewrite("SELECT count() FROM events AS e WHERE e.event_time >= now() - INTERVAL 30 DAY AND actor_id = 'x'",
+                    "analytics").sql
+    inner = out[: out.index(") AS e")]
+    assert bound in inner and "actor_id" not in inner  # only the event_time conjunct goes inside
+    for q in ["SELECT count() FROM events JOIN fct_sessions USING (actor_id) WHERE event_time >= now() - INTERVAL 30 DAY",
+              "SELECT toDate(event_time) AS event_time FROM events WHERE event_time >= now() - INTERVAL 30 DAY",
+              "SELECT count() FROM events WHERE event_time >= now() - INTERVAL 30 DAY OR actor_id = 'x'",
+              "SELECT count() FROM events WHERE event_time > (SELECT max(event_time) FROM events)"]:
+        assert "__ep_src.event_time >" not in R.rewrite(q, "analytics").sql, q
+
+
+def test_bounded_counts_match_reference(api: dict[str, Any]) -> None:
+    lo, hi = BASE + 7 * 3_600_000, BASE + 50 * 3_600_000 + 1
+    q = ("SELECT count() AS n, uniqExact(actor_id) AS u FROM events WHERE event_time >= fromUnixTimestamp64Milli({lo:Int64})"
+         " AND event_time < fromUnixTimestamp64Milli({hi:Int64}) AND event_type != 'x'")
+    got = rows(api, q, {"lo": lo, "hi": hi})[0]
+    kept = [e for e in ref.clean(api["shop"]) if lo <= e["time"] < hi and e["event_type"] != "x"]
+    assert (int(got["n"]), int(got["u"])) == (len(kept), len({e["actor_id"] for e in kept}))
+    assert "__ep_src.event_time" in json.dumps(sql(api, "EXPLAIN SYNTAX " + q, {"lo": lo, "hi": hi}).json()["data"])
     assert R.rewrite("select   count()  from events", "analytics").normalized == "SELECT count() FROM events"
 
 
