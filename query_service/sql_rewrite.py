@@ -341,10 +341,6 @@ def _expand_custom(root: exp.Expression) -> exp.Expression:
             if not 1 <= len(conds) <= MAX_FUNNEL_STEPS:
                 raise _refuse(f"FUNNEL takes 1 to {MAX_FUNNEL_STEPS} step conditions")
             return sqlglot.parse_one(funnel_sql(window, [_sql(c) for c in conds], mode), read=DIALECT)
-        if name.lower() == "projecttimezone":
-            if args:
-                raise _refuse("projectTimezone() takes no arguments")
-            return exp.Placeholder(this=TZ_PARAM, kind=exp.DataType.build("String"))
         if name == "RETENTION":
             rest, mode = _mode_arg(args, RETENTION_MODES, "RETENTION", "n-day")
             if len(rest) != 3:
@@ -353,7 +349,14 @@ def _expand_custom(root: exp.Expression) -> exp.Expression:
             return sqlglot.parse_one(retention_sql(_sql(rest[0]), _sql(rest[1]), n, mode), read=DIALECT)
         return node
 
-    return root.transform(expand)
+    def project_tz(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Anonymous) and node.name.lower() == "projecttimezone":
+            if node.expressions:
+                raise _refuse("projectTimezone() takes no arguments")
+            return exp.Placeholder(this=TZ_PARAM, kind=exp.DataType.build("String"))
+        return node
+
+    return root.transform(project_tz).transform(expand)  # first: FUNNEL's conditions are re-parsed text
 
 
 def rewrite(sql: str, database: str) -> Rewritten:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -16,6 +17,8 @@ from zoneinfo import ZoneInfo
 import clickhouse_connect
 import pytest
 import sqlglot
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlglot import exp
 from starlette.testclient import TestClient
 
@@ -23,9 +26,15 @@ from eventpipe_core.metadata import MetadataStore
 from eventpipe_core.metadata.projects_settings import set_timezone
 from eventpipe_core.metadata.secrets import create_key_with_secret
 from eventpipe_core.settings import load_settings
+from query_service import params as P
 from query_service import sql_rewrite as R
 from query_service.app import create_app
+from query_service.compile import funnel as F
+from query_service.compile import retention as RC
+from query_service.engine import Engine
+from query_service.sql_api import SqlLimits, execute_sql, prepare
 from tests import query_reference as ref
+from tests import test_query_properties as qp
 from tests.chserver_support import ChServer
 from tests.query_support import TTL_DAYS, insert_append, load_events
 
@@ -106,7 +115,9 @@ def api(chserver: ChServer, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     set_timezone(store, "shop", TZ)
     small = create_app(load_settings(**common, sql_max_result_rows=50, sql_max_execution_time=7), store=store)
     with TestClient(create_app(settings, store=store)) as tc, TestClient(small) as tc_small:
-        yield {"client": tc, "small": tc_small, "auth": (key, secret), "shop": shop, "other": other, "writer": client}
+        yield {"client": tc, "small": tc_small, "auth": (key, secret), "shop": shop, "other": other, "writer": client,
+               "engine": Engine(chserver.host, chserver.port, "reader", "reader", DB),
+               "limits": SqlLimits.from_settings(settings)}
     store.dispose()
     admin.command(f"DROP DATABASE IF EXISTS {DB}")
 
@@ -121,8 +132,8 @@ def rows(api: dict[str, Any], query: str, params: dict[str, Any] | None = None) 
     return r.json()["data"]
 
 
-def ms(day: date) -> int:
-    return int(datetime.combine(day, datetime.min.time(), tzinfo=ZoneInfo(TZ)).timestamp() * 1000)
+def ms(day: date, tz: str = TZ) -> int:
+    return int(datetime.combine(day, datetime.min.time(), tzinfo=ZoneInfo(tz)).timestamp() * 1000)
 
 
 # --- shape, scoping ----------------------------------------------------------------------------------------
@@ -249,9 +260,10 @@ def typed_funnel(api: dict[str, Any], steps: list[str], mode: str) -> list[int]:
     return r.json()["data"][0]["cumulativeRaw"]
 
 
-def sql_funnel(api: dict[str, Any], steps: list[str], mode: str, window: str) -> list[int]:
-    entry = f"event_type = '{steps[0]}' AND toDate(event_time, '{TZ}') BETWEEN toDate({{s:String}}) AND toDate({{e:String}})"
-    conds = ", ".join([entry] + [f"event_type = '{s}'" for s in steps[1:]])
+def funnel_query(steps: list[str], mode: str, window: str, tz: str = TZ) -> tuple[str, dict[str, Any]]:
+    """/api/2/funnels?start=START&end=END&cs=WINDOW_S as SQL: entries in the range, steps up to the window after it."""
+    entry = "event_type = '{}' AND toDate(event_time, projectTimezone()) BETWEEN toDate({{s:String}}) AND toDate({{e:String}})"
+    conds = ", ".join([entry.format(steps[0])] + [f"event_type = '{s}'" for s in steps[1:]])
     mode_arg = "" if mode == "ordered" else f", '{mode}'"
     q = f"""SELECT level, count() AS users FROM (
               SELECT actor_id, FUNNEL({window}, {conds}{mode_arg}) AS level FROM events
@@ -259,9 +271,17 @@ def sql_funnel(api: dict[str, Any], steps: list[str], mode: str, window: str) ->
                 AND event_time < fromUnixTimestamp64Milli({{hi:Int64}}, 'UTC')
               GROUP BY actor_id)
             WHERE level > 0 GROUP BY level ORDER BY level"""
-    hi = ms(END + timedelta(days=1)) + WINDOW_S * 1000 + 1  # entries in the range, steps up to the window after it
-    got = {int(d["level"]): int(d["users"]) for d in rows(api, q, {"s": str(START), "e": str(END), "lo": ms(START), "hi": hi})}
-    return [sum(n for lv, n in got.items() if lv >= k) for k in range(1, len(steps) + 1)]
+    hi = ms(END + timedelta(days=1), tz) + WINDOW_S * 1000 + 1
+    return q, {"s": str(START), "e": str(END), "lo": ms(START, tz), "hi": hi}
+
+
+def cumulative(data: list[dict[str, Any]], n: int) -> list[int]:
+    got = {int(d["level"]): int(d["users"]) for d in data}
+    return [sum(c for lv, c in got.items() if lv >= k) for k in range(1, n + 1)]
+
+
+def sql_funnel(api: dict[str, Any], steps: list[str], mode: str, window: str) -> list[int]:
+    return cumulative(rows(api, *funnel_query(steps, mode, window)), len(steps))
 
 
 @pytest.mark.parametrize("mode", ["ordered", "unordered", "sequential"])
@@ -275,6 +295,24 @@ def test_funnel_equals_typed_endpoint(api: dict[str, Any], mode: str, steps: lis
     assert typed == overall
 
 
+def retention_query(se: str, re: str, mode: str, n_max: int) -> str:
+    """/api/2/retention?se=…&re=…&i=1&start=START&end=END as SQL: per cohort day, the actors back on day N."""
+    start = f"event_type = '{se}' AND toDate(event_time, projectTimezone()) BETWEEN '{START}' AND '{END}'"
+    ret = "1" if re == "_all" else f"event_type = '{re}'"
+    cols = ", ".join(f"RETENTION({start}, {ret}, {n}, '{mode}') AS r{n}" for n in range(n_max + 1))
+    sums = ", ".join(f"sum(r{n}) AS r{n}" for n in range(n_max + 1))
+    return f"""SELECT toString(toDate(first, projectTimezone())) AS cohort, {sums} FROM (
+              SELECT actor_id, minIf(event_time, {start}) AS first, {cols} FROM events
+              WHERE event_time >= fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC')
+                AND event_time < fromUnixTimestamp64Milli({{hi:Int64}}, 'UTC')
+              GROUP BY actor_id HAVING countIf({start}) > 0)
+            GROUP BY cohort ORDER BY cohort"""
+
+
+def sql_retention(data: list[dict[str, Any]], n_max: int) -> dict[str, list[int]]:
+    return {d["cohort"]: [int(d[f"r{n}"]) for n in range(n_max + 1)] for d in data}
+
+
 @pytest.mark.parametrize("mode", ["n-day", "rolling"])
 def test_retention_equals_typed_endpoint(api: dict[str, Any], mode: str) -> None:
     r = api["client"].get("/api/2/retention", auth=api["auth"], params={
@@ -284,20 +322,59 @@ def test_retention_equals_typed_endpoint(api: dict[str, Any], mode: str) -> None
     values = r.json()["data"]["series"][0]["values"]
     n_max = 4
     typed = {d: [c["count"] for c in cells[: n_max + 1]] for d, cells in values.items()}
-    start = f"event_type = 'a' AND toDate(event_time, '{TZ}') BETWEEN '{START}' AND '{END}'"
-    cols = ", ".join(f"RETENTION({start}, event_type = 'b', {n}, '{mode}') AS r{n}" for n in range(n_max + 1))
-    sums = ", ".join(f"sum(r{n}) AS r{n}" for n in range(n_max + 1))
-    q = f"""SELECT toString(toDate(first, '{TZ}')) AS cohort, {sums} FROM (
-              SELECT actor_id, minIf(event_time, {start}) AS first, {cols} FROM events
-              WHERE event_time >= fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC') GROUP BY actor_id
-              HAVING countIf({start}) > 0)
-            GROUP BY cohort ORDER BY cohort"""
-    got = {d["cohort"]: [int(d[f"r{n}"]) for n in range(n_max + 1)] for d in rows(api, q, {"lo": ms(START)})}
+    got = sql_retention(rows(api, retention_query("a", "b", mode, n_max), {"lo": ms(START), "hi": 2**62}), n_max)
     assert got == {d: c for d, c in typed.items() if c[0] > 0}
     assert any(c[1] for c in got.values()) and len(got) == 3
     today = datetime.now(ZoneInfo(TZ)).date()
     expected = ref.retention(api["shop"], "a", "b", mode, START, END, TZ, today)
     assert got == {str(d): counts[: n_max + 1] for d, (size, counts) in expected.items() if size}
+
+
+# property tests: the strategy of tests/test_query_properties.py (three time zones, DST, window edges, ties,
+# duplicates, bots), one fresh project per example; SQL through the cache's seam (execute_sql) vs the typed
+# compilers on the same engine and range
+PROPS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _fresh(api: dict[str, Any], events: list[dict[str, Any]]) -> str:
+    project = f"p{uuid.uuid4().hex[:10]}"
+    if events:
+        insert_append(api["writer"], events, project)
+    return project
+
+
+def _run_sql(api: dict[str, Any], project: str, tz: str, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    return execute_sql(api["engine"], api["limits"], project, tz, prepare(query, DB).normalized, params)["data"]
+
+
+@PROPS
+@given(events=qp.event_sets(), tz=st.sampled_from(qp.TZS), mode=st.sampled_from(P.FUNNEL_MODES),
+       steps=st.sampled_from([["a", "b", "c"], ["a", "b"], ["a", "a", "b"], ["b", "a", "c"]]))
+def test_funnel_sql_property(api: dict[str, Any], events: list[dict[str, Any]], tz: str, mode: str,
+                             steps: list[str]) -> None:
+    project = _fresh(api, events)
+    q = P.FunnelQuery(scope=P.Scope(project, tz), steps=tuple(P.EventSpec(s) for s in steps),
+                      range=P.DateRange(START, END), mode=mode, window_s=WINDOW_S)
+    typed = F.shape(q, api["engine"].run(F.compile_funnel(q)).rows)[0]["cumulativeRaw"]
+    assert cumulative(_run_sql(api, project, tz, *funnel_query(steps, mode, "INTERVAL 1 HOUR", tz)), len(steps)) == typed
+
+
+@PROPS
+@given(events=qp.event_sets(), tz=st.sampled_from(qp.TZS), mode=st.sampled_from(["n-day", "rolling"]),
+       re=st.sampled_from(["_all", "b"]))
+def test_retention_sql_property(api: dict[str, Any], events: list[dict[str, Any]], tz: str, mode: str, re: str) -> None:
+    project = _fresh(api, events)
+    today = END + timedelta(days=1)
+    q = P.RetentionQuery(scope=P.Scope(project, tz), start_event=P.EventSpec("a"), return_event=P.EventSpec(re),
+                         range=P.DateRange(START, END), mode=mode, today=today)
+    typed = {d: [c["count"] for c in cells] for d, cells in
+             RC.shape(q, api["engine"].run(RC.compile_retention(q)).rows)["series"][0]["values"].items()}
+    n_max = 3
+    bounds = {"lo": ms(START, tz), "hi": ms(today + timedelta(days=1), tz)}  # returns counted up to today
+    got = sql_retention(_run_sql(api, project, tz, retention_query("a", re, mode, n_max), bounds), n_max)
+    assert set(got) == {d for d, c in typed.items() if c[0] > 0}
+    for d, counts in got.items():  # the typed cells stop at today; SQL read no later day, so its later Ns are 0
+        assert counts[: len(typed[d])] == typed[d][: n_max + 1] and not any(counts[len(typed[d]):]), d
 
 
 def test_issue_example_query(api: dict[str, Any]) -> None:
