@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from eventpipe_core.funnel_sql import UDF_BODIES
 from eventpipe_core.settings import Settings
 
 # Contract with dbt_project (column order and types).
@@ -140,6 +141,9 @@ class SchemaPlan:
                 f"ENGINE = Distributed({quote_str(self.cluster)}, {quote_str(self.database)}, 'identity_map_local', "
                 "cityHash64(device_id))"
             )
+        # The shared funnel functions (eventpipe_core.funnel_sql): global to the server, callable by every
+        # user (readers included); OR REPLACE so an upgrade ships a changed body.
+        out += [f"CREATE OR REPLACE FUNCTION {name}{self.on_cluster} AS {body}" for name, body in UDF_BODIES.items()]
         return out
 
     def ttl_statement(self) -> str:
