@@ -80,7 +80,8 @@ FROM (
            lower(hex(cityHash64(number, 4))) || lower(hex(cityHash64(number, 5))) AS ins,
            {_pick('TYPES', TYPES, 'cityHash64(number, 3)')} AS ty,
            if(ty IN ('view_item', 'add_to_cart', 'purchase'),
-              concat('{{"product":"p', toString(cityHash64(number, 6) % 500), '","price":', toString(cityHash64(number, 6) % 90 + 9), '}}'),
+              concat('{{"product":"p', toString(cityHash64(number, 6) % 500), '","price":',
+                     toString(cityHash64(number, 6) % 90 + 9), '}}'),
               '{{}}') AS props,
            if(cityHash64(a, 7) % 3 = 2, 'Windows', if(cityHash64(a, 7) % 3 = 0, 'iOS', 'Android')) AS os
     FROM numbers({n})
@@ -210,7 +211,10 @@ def main() -> None:
     report(results, n, repeat)
 
 
-def run_all(server: Any, local: Any, duck: Any, parquet: Path, tmp: Path, repeat: int) -> dict[str, dict[str, tuple[float, float]]]:
+Results = dict[str, dict[str, tuple[float, float]]]
+
+
+def run_all(server: Any, local: Any, duck: Any, parquet: Path, tmp: Path, repeat: int) -> Results:
     settings = load_settings(eventpipe_home=tmp / "home", clickhouse_url=f"{server.url}/analytics",
                              clickhouse_service_password=server.service_password, clickhouse_ttl_days=36500)
     store = MetadataStore(settings.metadata_db_url or "")
@@ -218,7 +222,7 @@ def run_all(server: Any, local: Any, duck: Any, parquet: Path, tmp: Path, repeat
     key, secret = create_key_with_secret(store, "bench")
     engine = Engine.from_settings(settings)
     scope = P.Scope(project="bench", timezone="UTC", include_bots=False)
-    out: dict[str, dict[str, tuple[float, float]]] = {}
+    out: Results = {}
     with TestClient(create_app(settings, engine=engine, store=store)) as tc:
         for name, (path, qp) in API_QUERIES.items():
             params: list[tuple[str, str]] = list(qp.items())
@@ -266,7 +270,7 @@ def _chdb_params(params: dict[str, Any]) -> dict[str, str]:
     return {k: text(v) for k, v in params.items()}
 
 
-def report(results: dict[str, dict[str, tuple[float, float]]], n: int, repeat: int) -> None:
+def report(results: Results, n: int, repeat: int) -> None:
     cols = ["API", "chserver", "chDB", "DuckDB table", "DuckDB Parquet"]
     print(f"\n{n:,} events / {DAYS} days, median / p95 seconds over {repeat} runs; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")

@@ -25,6 +25,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from eventpipe_core.funnel_sql import funnel_paths_expr
 from query_service.compile.common import (
     Binder,
     Compiled,
@@ -37,8 +38,8 @@ from query_service.compile.common import (
     segments_sql,
     utc_days_between,
 )
-from eventpipe_core.funnel_sql import funnel_paths_expr
 from query_service.params import FunnelQuery
+
 
 def compile_funnel(q: FunnelQuery) -> Compiled:
     b = Binder()
