@@ -74,9 +74,6 @@ def main() -> None:
         cur.execute("SELECT sum(bytes_on_disk), sum(rows), count() FROM system.parts "
                     "WHERE database = 'analytics' AND table = 'events' AND active")
         ch_bytes, ch_rows, parts = cur.fetchone()
-        cur.execute("SELECT name, data_compressed_bytes FROM system.columns WHERE database = 'analytics' "
-                    "AND table = 'events' ORDER BY data_compressed_bytes DESC LIMIT 12")
-        top_columns = cur.fetchall()
         conn.close()
     assert ch_rows <= n, "ClickHouse holds more rows than events"
     tiers = [("raw JSON (client payload)", raw_json), ("Kafka record (envelope)", kafka), ("raw lake (Parquet zstd)", raw_lake),
@@ -84,8 +81,6 @@ def main() -> None:
     print(f"{'tier':32} {'bytes/event':>12} {'vs raw JSON':>12}")
     for name, total in tiers:
         print(f"{name:32} {total / n:12.1f} {total / raw_json:11.2f}x")
-    print("largest ClickHouse columns (compressed bytes/event): "
-          + ", ".join(f"{name} {b / n:.1f}" for name, b in top_columns))
 
 
 if __name__ == "__main__":
