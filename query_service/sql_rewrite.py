@@ -27,7 +27,7 @@ events ordered by (event_time, insert_id), as the typed endpoints order them):
 * ``FUNNEL(<window>, <cond1>, …, <condN>[, 'ordered'|'unordered'|'sequential'])`` (any case) → UInt8, the level
   0…N of the actor's most complete path: over every entry event (``cond1`` true on it) the number of steps its
   path reaches within ``<window>`` after it, by the rules of ``query_service/compile/funnel.py`` (the very same
-  fold, :func:`query_service.compile.funnel.path_times_sql`); ``<window>`` is ``INTERVAL n
+  shared functions, :func:`eventpipe_core.funnel_sql.funnel_paths_expr`); ``<window>`` is ``INTERVAL n
   DAY|HOUR|MINUTE|SECOND`` or a number of seconds (a step exactly at the limit counts). The typed endpoint's
   range rule (entries inside [start, end], later steps up to the window after ``end``) is written as a condition
   on the entry plus a WHERE reading up to ``end`` + window.
@@ -51,7 +51,7 @@ with warnings.catch_warnings():  # another package's optional sqlglotrs warns on
     from sqlglot.errors import ParseError, TokenError
     from sqlglot.tokens import Token, TokenType
 
-from query_service.compile.funnel import path_times_sql
+from eventpipe_core.funnel_sql import funnel_paths_expr
 
 DIALECT = "clickhouse"
 EVENTS_TABLE = "events"
@@ -307,13 +307,13 @@ def _sql(node: exp.Expression) -> str:
 
 
 def funnel_sql(window_s: int, conds: list[str], mode: str) -> str:
-    """FUNNEL's aggregate: the actor's events as (ms, insert_id, step bitmask) sorted, folded from each entry."""
+    """FUNNEL's aggregate: the group's events as (ms, insert_id, step bitmask) sorted, every entry's path from the
+    shared funnel functions (the typed endpoint's and the marts'), the longest path's length."""
     n = len(conds)
     mask = " + ".join(f"if({c}, {1 << k}, 0)" for k, c in enumerate(conds))
-    times = path_times_sql(mode, n, f"toInt64({window_s * 1000})")
-    evs = f"arraySort(x -> (x.1, x.2), groupArray((toUnixTimestamp64Milli(event_time), insert_id, toUInt32({mask}))))"
-    per_entry = f"if(bitTest(evs[i0].3, 0), arrayMap(t0 -> length({times}), [evs[i0].1])[1], 0)"
-    return f"toUInt8(arrayMap(evs -> arrayMax(arrayPushBack(arrayMap(i0 -> {per_entry}, arrayEnumerate(evs)), 0)), [{evs}])[1])"
+    evs = f"arraySort(x -> (x.1, x.2), groupArray((toUnixTimestamp64Milli(event_time), insert_id, toUInt64({mask}))))"
+    paths = funnel_paths_expr(mode, "evs.1", "evs.3", n, f"toInt64({window_s * 1000})")
+    return f"toUInt8(arrayMap(evs -> arrayMax(arrayPushBack(arrayMap(p -> length(p), {paths}), 0)), [{evs}])[1])"
 
 
 def retention_sql(start: str, ret: str, n: int, mode: str) -> str:

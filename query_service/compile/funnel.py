@@ -41,18 +41,6 @@ from query_service.compile.common import (
 from query_service.params import FunnelQuery
 
 
-def path_times_sql(mode: str, n: int, window: str) -> str:
-    """The path of one entry as SQL (``times``: Array(Int64) of ms, length = level) — public for ``/api/sql``'s
-    FUNNEL(). Needs in scope: ``evs`` (the actor's (ms, insert_id, step bitmask, …) sorted; every event for
-    ``sequential``), ``i0`` (the entry's index) and ``t0`` (its ms); ``window`` is an Int64 SQL expression (ms)."""
-    return _times_sql(_Mode(mode), n, window)  # type: ignore[arg-type]
-
-
-class _Mode:
-    def __init__(self, mode: str):
-        self.mode = mode
-
-
 def compile_funnel(q: FunnelQuery) -> Compiled:
     b = Binder()
     tz = q.scope.timezone
