@@ -14,7 +14,8 @@ server's own read-only rules apply on top of the rewrite, and days past ``CLICKH
 only) are not visible to SQL.
 
 Seams for a result cache (``q-cache``): :func:`prepare` → ``Rewritten.normalized`` (a canonical text, the cache
-key's query part), :func:`reads` → what the query reads, :func:`execute_sql` → the response dict.
+key's query part), :func:`reads` / :func:`read_partitions` → what the query reads, :func:`execute_sql` (or
+:func:`sql_executor`, bound to the engine and limits) → the response dict; ``sql_route(…, wrap=)`` decorates it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import partial
 from typing import Any, Literal
 
@@ -114,6 +115,12 @@ def reads(prepared: Rewritten, project: str) -> dict[str, Literal["all"]]:
     """What the query reads, for cache invalidation: table → its partitions of ``project``. The days are not
     derived from the query (any expression may bound ``event_time``), so each table read is ``"all"`` of it."""
     return {table: "all" for table in sorted(prepared.tables)}
+
+
+def read_partitions(prepared: Rewritten, project: str) -> tuple[tuple[str, date], ...] | Literal["all"]:
+    """The (project, UTC day) partitions of ``analytics.events`` and the marts the query reads: none for a query
+    reading no table, else ``"all"`` (not derived from the SQL, see :func:`reads`)."""
+    return () if not prepared.tables else "all"
 
 
 def _bind(prepared: Rewritten, project: str, tz: str, params: dict[str, ParamValue]) -> dict[str, Any] | None:

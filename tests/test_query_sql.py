@@ -416,6 +416,14 @@ def test_rewrite_scopes_every_reference_and_normalizes() -> None:
     assert "__ep_src.event_time" not in out.sql.replace("__ep_src.event_time LIMIT", "")  # no time bound to push
 
 
+def test_reads_for_a_cache() -> None:
+    from query_service.sql_api import read_partitions, reads
+
+    p = prepare("SELECT count() FROM events JOIN fct_sessions USING (actor_id)", "analytics")
+    assert reads(p, "shop") == {"events": "all", "fct_sessions": "all"} and read_partitions(p, "shop") == "all"
+    assert read_partitions(prepare("SELECT 1", "analytics"), "shop") == ()
+
+
 def test_event_time_bounds_pushed_below_deduplication() -> None:
     bound = "__ep_src.event_time >= now() - INTERVAL '30' DAY"
     out = R.rewrite("SELECT count() FROM events AS e WHERE e.event_time >= now() - INTERVAL 30 DAY AND actor_id = 'x'",
