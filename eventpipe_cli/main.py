@@ -97,6 +97,7 @@ def _register_subcommands() -> None:
         "eventpipe_cli.demo",
         "eventpipe_cli.export",
         "eventpipe_cli.cohorts",
+        "eventpipe_cli.alerts",
     ):
         try:
             module = importlib.import_module(module_name)

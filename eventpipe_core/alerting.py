@@ -1,4 +1,4 @@
-"""Alert evaluation and webhook delivery (pure core; the Dagster sensor, API and CLI are not written yet).
+"""Alert evaluation and webhook delivery (pure core; used by the Dagster alerts_sensor, /api/alerts and `eventpipe alerts`).
 
 Rules (the contract):
 
@@ -9,8 +9,10 @@ Rules (the contract):
 * :func:`evaluate` returns the breach per complete interval; :class:`AlertState` keeps the last evaluation and
   turns a new one into transitions: ``firing`` when the latest complete interval starts breaching,
   ``resolved`` when it stops, and ``revised`` when late data changed an earlier interval's value so that its
-  breach flipped (the history records old and new values). Re-evaluating unchanged data yields nothing, so a
-  transition is delivered once. ``snoozed_until`` suppresses deliveries (they are still recorded).
+  breach flipped (the history records old and new values). When late data revises the latest interval itself
+  so that it fires or resolves, that ``firing``/``resolved`` carries the revised-from ``old_value``.
+  Re-evaluating unchanged data yields nothing, so a transition is delivered once. ``snoozed_until``
+  suppresses deliveries (they are still recorded).
 * Delivery: JSON POST with ``X-Eventpipe-Signature: sha256=<hex HMAC-SHA256(secret, body)>`` and an
   ``X-Eventpipe-Event-Id`` (receivers dedupe on it); retried with exponential backoff on connection errors and
   5xx/429; a 4xx other than 429 is not retried.
@@ -87,15 +89,18 @@ class AlertState:
         latest = max(evaluation)
         for t, (v, breach) in sorted(evaluation.items()):
             old = self.last.get(t)
-            if t != latest and old is not None and old != (v, breach) and old[1] != breach:
+            # a revision is a changed value whose breach flipped (an anomaly band sliding over unchanged data is not)
+            if t != latest and old is not None and old[0] != v and old[1] != breach:
                 events.append(self._event(rule, "revised", t, v, breach, old_value=old[0]))
-        breach_now = evaluation[latest][1]
+        value_now, breach_now = evaluation[latest]
+        before = self.last.get(latest)  # late data may have revised the latest interval itself
+        revised_from = before[0] if before is not None and before[0] != value_now else None
         if breach_now and self.status != "firing":
             self.status = "firing"
-            events.append(self._event(rule, "firing", latest, evaluation[latest][0], True))
+            events.append(self._event(rule, "firing", latest, value_now, True, old_value=revised_from))
         elif not breach_now and self.status == "firing":
             self.status = "resolved"
-            events.append(self._event(rule, "resolved", latest, evaluation[latest][0], False))
+            events.append(self._event(rule, "resolved", latest, value_now, False, old_value=revised_from))
         self.last = dict(evaluation)
         snoozed = self.snoozed_until is not None and now < self.snoozed_until
         for e in events:

@@ -4,6 +4,7 @@
     quality/     blocking great-expectations checks on enriched_events
     clickhouse/  clickhouse_events (hourly REPLACE PARTITION into analytics.events)
     sensors/     landing sensor (new + late hours), daily catch-up schedule, hourly job
+    alerts/      alerts_sensor (alert rules on saved charts' series after loads; webhooks)
     dbt/         daily marts (@dbt_assets) — optional module, see :func:`dbt_definitions`
 
 ``orchestration.definitions.defs`` (the code location) is ``build_definitions()`` with the process
@@ -24,6 +25,7 @@ import logging
 import dagster as dg
 
 from eventpipe_core.settings import Settings, get_settings
+from orchestration.alerts.sensor import build_alert_sensor
 from orchestration.clickhouse.assets import build_clickhouse_events
 from orchestration.cohorts.assets import build_cohort_members, build_cohort_sensor, cohort_job
 from orchestration.lake.assets import build_enriched_events, raw_events_spec
@@ -71,6 +73,7 @@ def build_definitions(settings: Settings | None = None, include_dbt: bool = True
         sensors=[
             build_landing_sensor(settings, job),
             build_cohort_sensor(settings, cohorts_job),
+            build_alert_sensor(settings),  # issue 16: alerts (orchestration/alerts/)
             dg.AutomationConditionSensorDefinition(
                 "automation_condition_sensor", target=dg.AssetSelection.all(),
                 default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=30,

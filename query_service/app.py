@@ -28,6 +28,8 @@ from eventpipe_core.metadata.projects_settings import get_timezone
 from eventpipe_core.metadata.secrets import project_for_credentials
 from eventpipe_core.settings import Settings, get_settings
 from query_service import params as P
+from query_service import params_insights as PI
+from query_service.alerts_api import alert_routes
 from query_service.cohorts_api import cohort_routes
 from query_service.engine import Engine, QueryFailed
 from query_service.export_api import export_handler
@@ -152,6 +154,48 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
         meta = [lab[1] if isinstance(lab, list) else "All Users" for lab in data["seriesLabels"]]
         return JSON({"data": {"series": data["series"], "seriesMeta": meta, "xValues": data["xValues"]}})
 
+    # Sessions, user look-ups, realtime, lifecycle, stickiness: parsing in params_insights, SQL in compile/*.
+    async def sessions_length(request: Request, scope: P.Scope) -> Response:
+        from query_service.compile import sessions as S
+
+        q = PI.parse_sessions(request.query_params, scope)
+        return JSON({"data": S.shape_length(q, await run(S.compile_length(q)))})
+
+    async def sessions_peruser(request: Request, scope: P.Scope) -> Response:
+        from query_service.compile import sessions as S
+
+        q = PI.parse_sessions(request.query_params, scope)
+        return JSON({"data": S.shape_peruser(q, await run(S.compile_peruser(q)))})
+
+    async def usersearch(request: Request, scope: P.Scope) -> Response:
+        from query_service.users_api import user_search
+
+        return JSON(await user_search(PI.parse_user_lookup(request.query_params, scope, paged=False), run))
+
+    async def useractivity(request: Request, scope: P.Scope) -> Response:
+        from query_service.users_api import user_activity
+
+        found = await user_activity(PI.parse_user_lookup(request.query_params, scope, paged=True), run)
+        return JSON(found) if found is not None else error(404, "no user matches", "user")
+
+    async def realtime(request: Request, scope: P.Scope) -> Response:
+        from query_service.compile import realtime as RT
+
+        q = PI.parse_realtime(request.query_params, scope, datetime.now(ZoneInfo(scope.timezone)))
+        return JSON({"data": RT.shape_realtime(q, await run(RT.compile_realtime(q)))})
+
+    async def lifecycle(request: Request, scope: P.Scope) -> Response:
+        from query_service.compile import lifecycle as LC
+
+        q = PI.parse_lifecycle(request.query_params, scope)
+        return JSON({"data": LC.shape_lifecycle(q, await run(LC.compile_lifecycle(q)))})
+
+    async def stickiness(request: Request, scope: P.Scope) -> Response:
+        from query_service.compile import stickiness as ST
+
+        q = PI.parse_stickiness(request.query_params, scope)
+        return JSON({"data": ST.shape_stickiness(q, await run(ST.compile_stickiness(q)))})
+
     async def healthz(_request: Request) -> Response:
         return JSON({"ok": True})
 
@@ -170,8 +214,16 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None, s
         Route("/api/2/funnels", guarded(funnels)),
         Route("/api/2/retention", guarded(retention)),
         Route("/api/2/users", guarded(users)),
+        Route("/api/2/sessions/length", guarded(sessions_length)),
+        Route("/api/2/sessions/peruser", guarded(sessions_peruser)),
+        Route("/api/2/usersearch", guarded(usersearch)),
+        Route("/api/2/useractivity", guarded(useractivity)),
+        Route("/api/2/realtime", guarded(realtime)),
+        Route("/api/2/lifecycle", guarded(lifecycle)),
+        Route("/api/2/stickiness", guarded(stickiness)),
         Route("/api/2/export", guarded(export_handler(settings))),  # issue 16: raw export (query_service/export_api.py)
         *cohort_routes(store, engine, guarded),  # issue 16: cohorts (query_service/cohorts_api.py)
+        *alert_routes(store, guarded),  # issue 16: alerts (query_service/alerts_api.py)
         sql_route(settings, engine, guarded),  # issue 14: POST /api/sql (query_service/sql_api.py)
         Route("/healthz", healthz),
         Route("/openapi.json", openapi),

@@ -8,6 +8,8 @@
 * ``PUT /api/cohorts/{id}`` — a new definition (or user_ids);
 * ``GET /api/cohorts/{id}/members?format=json|csv`` — the latest materialized snapshot (``as_of`` + actor ids);
   404 for an unknown id or a cohort of another project.
+* ``GET /api/cohorts/{id}/sizes[?start=YYYYMMDD&end=YYYYMMDD]`` — cohort size over time: ``{"id", "sizes":
+  [{"as_of", "size"}]}``, one entry per materialized day (the daily ``cohort_members`` partitions), oldest first.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from starlette.routing import Route
 
 from eventpipe_core.metadata import MetadataStore
 from eventpipe_core.metadata.cohorts import CohortError, create_cohort, get_cohort, list_cohorts, update_cohort
-from query_service.compile.cohorts import MEMBERS_TABLE
-from query_service.params import ParamError
+from query_service.compile.cohorts import MEMBERS_TABLE, compile_sizes
+from query_service.params import ParamError, parse_date
 
 Guard = Callable[[Callable[[Request, Any], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]]
 
@@ -85,8 +87,9 @@ def cohort_routes(store: MetadataStore, engine: Any, guarded: Guard) -> list[Rou
             return JSONResponse({"code": 404, "error": f"no cohort {cid!r} in this project"}, status_code=404)
 
         def read() -> tuple[Any, list[str]]:
-            q = (f"SELECT as_of, actor_id FROM {MEMBERS_TABLE} WHERE project = {{p:String}} AND cohort_id = {{c:String}}"
-                 f" AND as_of = (SELECT max(as_of) FROM {MEMBERS_TABLE} WHERE cohort_id = {{c:String}})"
+            own = "project = {p:String} AND cohort_id = {c:String}"
+            q = (f"SELECT as_of, actor_id FROM {MEMBERS_TABLE} WHERE {own}"
+                 f" AND as_of = (SELECT max(as_of) FROM {MEMBERS_TABLE} WHERE {own})"
                  " GROUP BY as_of, actor_id ORDER BY actor_id")
             rows = engine.client().query(q, parameters={"p": scope.project, "c": cid}).result_rows
             return (rows[0][0] if rows else None), [r[1] for r in rows]
@@ -97,8 +100,22 @@ def cohort_routes(store: MetadataStore, engine: Any, guarded: Guard) -> list[Rou
                             headers={"Content-Disposition": f'attachment; filename="cohort_{cid}.csv"'})
         return JSONResponse({"id": cid, "as_of": as_of.isoformat() if as_of else None, "count": len(ids), "members": ids})
 
+    async def sizes(request: Request, scope: Any) -> Response:
+        cid = request.path_params["cohort_id"]
+        qp = request.query_params
+        start = parse_date("start", qp["start"]) if qp.get("start") else None
+        end = parse_date("end", qp["end"]) if qp.get("end") else None
+        if start and end and end < start:
+            raise ParamError("end", "is before start")
+        if await run_in_threadpool(get_cohort, store, scope.project, cid) is None:
+            return JSONResponse({"code": 404, "error": f"no cohort {cid!r} in this project"}, status_code=404)
+        sql, params = compile_sizes(scope.project, cid, start, end)
+        rows = await run_in_threadpool(lambda: engine.client().query(sql, parameters=params).result_rows)
+        return JSONResponse({"id": cid, "sizes": [{"as_of": d.isoformat(), "size": int(n)} for d, n in rows]})
+
     return [
         Route("/api/cohorts", guarded(dispatch), methods=["GET", "POST"]),
+        Route("/api/cohorts/{cohort_id}/sizes", guarded(sizes), methods=["GET"]),
         Route("/api/cohorts/{cohort_id}", guarded(update), methods=["PUT"]),
         Route("/api/cohorts/{cohort_id}/members", guarded(members), methods=["GET"]),
     ]

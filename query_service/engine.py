@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from eventpipe_core.settings import Settings
-from query_service.compile.common import Compiled
+from query_service.compile.common import LAKE_KEY_PARAM, LAKE_SECRET_PARAM, Compiled
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +48,17 @@ class Engine:
 
     def __init__(self, host: str, port: int, user: str, password: str, database: str, secure: bool = False,
                  max_execution_s: float = 60.0, *, lake_user: str | None = None, lake_password: str = "",
-                 lake_path: str | None = None, ttl_days: int | None = None):
+                 lake_path: str | None = None, ttl_days: int | None = None,
+                 lake_s3_credentials: tuple[str, str] | None = None):
         self._conn = {"host": host, "port": port, "username": user, "password": password, "database": database,
                       "secure": secure}
         self._lake_conn = {**self._conn, "username": lake_user or user, "password": lake_password if lake_user else password}
         self.database = database
         self.max_execution_s = max_execution_s
-        self.lake_path = lake_path  # local directory of the lake (file:// LAKE_URL); None = no lake routing
+        # the lake: a local directory (file:// LAKE_URL) or the http(s) URL of an S3 bucket/prefix (s3:// LAKE_URL,
+        # read with s3() and ``lake_s3_credentials``); None = no lake routing
+        self.lake_path = lake_path
+        self._lake_s3_credentials = lake_s3_credentials
         self.ttl_days = ttl_days
         self._local = threading.local()
 
@@ -70,16 +74,15 @@ class Engine:
     def from_settings(cls, settings: Settings) -> Engine:
         """Hot reads as the read-only user; lake reads (``file()``, which readers may not use) as chserver's service
         user (read-only plus ``file()``/``s3()`` on the lake) when the embedded server runs and one is configured,
-        else as the CLICKHOUSE_URL user. Lake routing needs a ``file://`` LAKE_URL on the ClickHouse host (an S3
-        lake is not routed yet)."""
+        else as the CLICKHOUSE_URL user. A ``file://`` LAKE_URL must be a directory on the ClickHouse host; an
+        ``s3://`` one is read with ``s3()`` at AWS_ENDPOINT_URL (else AWS's regional endpoint) with the AWS_* keys."""
         t = settings.clickhouse
         service = settings.clickhouse_service_target if settings.clickhouse_embedded else None
         lake_t = service or t
-        lake = settings.lake_url or ""
-        lake_path = urlsplit(lake).path if lake.startswith("file://") else None
+        lake_path, creds = lake_location(settings)
         return cls(t.host, t.port, settings.clickhouse_readonly_user, settings.clickhouse_readonly_password,
                    t.database, t.secure, settings.query_max_execution_s, lake_user=lake_t.user, lake_password=lake_t.password,
-                   lake_path=lake_path, ttl_days=settings.clickhouse_ttl_days)
+                   lake_path=lake_path, ttl_days=settings.clickhouse_ttl_days, lake_s3_credentials=creds)
 
     def client(self, lake: bool = False) -> Any:
         name = "lake_client" if lake else "client"
@@ -97,8 +100,12 @@ class Engine:
 
         query_id = uuid.uuid4().hex
         t0 = time.monotonic()
+        params = compiled.params
+        if compiled.reads_lake and LAKE_KEY_PARAM in compiled.sql:  # s3() on the lake: bind the keys here only
+            key, secret = self._lake_s3_credentials or ("", "")
+            params = {**params, LAKE_KEY_PARAM: key, LAKE_SECRET_PARAM: secret}
         try:
-            result = self.client(compiled.reads_lake).query(compiled.sql, parameters=compiled.params,
+            result = self.client(compiled.reads_lake).query(compiled.sql, parameters=params,
                                          settings={**compiled.settings, "query_id": query_id})
         except ClickHouseError as exc:
             log.error("query %s failed: %s\n%s", query_id, exc, compiled.sql)
@@ -106,3 +113,23 @@ class Engine:
         columns = tuple(result.column_names)
         rows = [dict(zip(columns, r, strict=True)) for r in result.result_rows]
         return QueryResult(rows, columns, compiled.partitions, time.monotonic() - t0, query_id)
+
+
+def lake_location(settings: Settings) -> tuple[str | None, tuple[str, str] | None]:
+    """(where compiled queries read the lake, S3 credentials): a directory for ``file://``; for ``s3://bucket/prefix``
+    the path-style URL at AWS_ENDPOINT_URL, or the virtual-hosted AWS URL — both are prefixes chserver's service
+    user may read with ``s3()`` (chserver/auth.py)."""
+    lake = settings.lake_url or ""
+    parts = urlsplit(lake)
+    if parts.scheme == "file":
+        return parts.path, None
+    if parts.scheme != "s3":
+        return None, None
+    bucket, prefix = parts.netloc, parts.path.strip("/")
+    if settings.aws_endpoint_url:
+        url = f"{settings.aws_endpoint_url.rstrip('/')}/{bucket}/{prefix}".rstrip("/")
+    else:
+        url = f"https://{bucket}.s3.{settings.aws_region}.amazonaws.com/{prefix}".rstrip("/")
+    creds = ((settings.aws_access_key_id or "", settings.aws_secret_access_key or "")
+             if settings.aws_access_key_id else None)
+    return url, creds

@@ -86,8 +86,61 @@ def spec() -> dict[str, Any]:
                 {"name": "rb", "in": "query", "schema": {"type": "string"}}, i]),
             "/api/2/users": _op("Active or new users", [
                 {"name": "m", "in": "query", "schema": {"type": "string", "enum": ["active", "new"]}}, i]),
+            **_insights(),
             "/api/sql": _sql_op(),  # issue 14: query_service/sql_api.py
         },
+    }
+
+
+def _plain(summary: str, params: list[dict[str, Any]], response: str) -> dict[str, Any]:
+    """An operation without the common range/segment parameters (user look-ups, realtime)."""
+    return {"get": {"summary": summary, "security": [{"basic": []}],
+                    "parameters": params + [_COMMON[-1]],
+                    "responses": {"200": {"description": response},
+                                  "400": {"description": "a malformed parameter: {code, error, parameter}"},
+                                  "401": {"description": "missing or wrong api_key:secret_key"}}}}
+
+
+def _insights() -> dict[str, Any]:
+    """Sessions, user look-ups, realtime (Amplitude's shapes), lifecycle and stickiness (ours)."""
+    q = "query"
+    bins = [{"name": n, "in": q, "schema": {"type": t}, "description": d} for n, t, d in (
+        ("timeHistogramConfigBinTimeUnit", "string", "seconds | minutes | hours (custom bins need unit, Min and Max)"),
+        ("timeHistogramConfigBinMin", "integer", "first bin edge, in the unit"),
+        ("timeHistogramConfigBinMax", "integer", "last bin edge, in the unit"),
+        ("timeHistogramConfigBinSize", "integer", "bin width, in the unit (default: 10 equal bins)"))]
+    user = {"name": "user", "in": q, "required": True, "schema": {"type": "string"},
+            "description": "an actor id (amplitude_id), else an exact user_id or device_id, else a user_id prefix"}
+    ev = {"name": "e", "in": q, "schema": {"type": "string"}, "description": "event JSON (default _active: any event)"}
+    length = _op("Session length distribution (sessions = (actor_id, session_id), session_id -1 = none; length ="
+                 " last - first event, capped at 1 day; a session counts on the local day it starts)", bins)
+    length["get"]["responses"]["200"]["description"] = 'data: {series: [[sessions per bin]], xValues: ["0s-3s", …]}'
+    peruser = _op("Average sessions per user per local day (sessions started / actors who started one)", [])
+    peruser["get"]["responses"]["200"]["description"] = "data: {series, seriesLabels, seriesMeta, seriesCollapsed, xValues}"
+    lifecycle = _op("Lifecycle: new / current / resurrected / dormant actors per whole calendar period (ours)", [
+        ev, {"name": "i", "in": q, "schema": {"type": "integer", "enum": [1, 7, 30]}}])
+    lifecycle["get"]["responses"]["200"]["description"] = (
+        "data: {xValues: [period start, …], series: {new: […], current: […], resurrected: […], dormant: […]}}")
+    sticky = _op("Stickiness: user-periods (weeks or months cut to the range) active on exactly / at least k days (ours)", [
+        ev, {"name": "i", "in": q, "schema": {"type": "integer", "enum": [7, 30]}}])
+    sticky["get"]["responses"]["200"]["description"] = "data: {xValues: [1..N], series: [[…]], cumulative: [[…]], total: n}"
+    for op in (length, peruser, lifecycle, sticky):  # no group-by on these
+        op["get"]["parameters"] = [p for p in op["get"]["parameters"] if p["name"] != "g"]
+    return {
+        "/api/2/sessions/length": length,
+        "/api/2/sessions/peruser": peruser,
+        "/api/2/usersearch": _plain("User search", [user], "{matches: [{amplitude_id, user_id, device_id, last_seen}],"
+                                    " type: match_amplitude_id | match_user_or_device_id | match_user_prefix | nomatch}"),
+        "/api/2/useractivity": _plain("A user's profile and events, most recent first", [
+            user, {"name": "offset", "in": q, "schema": {"type": "integer", "minimum": 0}},
+            {"name": "limit", "in": q, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+            "{userData: {amplitude_id, user_id, device_ids, num_events, num_sessions, first_used, last_used, properties,"
+            " …}, events: [...], offset, limit}; 404 naming user when nothing matches"),
+        "/api/2/realtime": _plain("Realtime active users in 5-minute buckets, today vs yesterday (project zone)", [
+            {"name": "i", "in": q, "schema": {"type": "integer", "enum": [5]}}],
+            'data: {xValues: ["00:00", …, now], series: [[today], [yesterday]], seriesLabels: ["Today", "Yesterday"]}'),
+        "/api/2/lifecycle": lifecycle,
+        "/api/2/stickiness": sticky,
     }
 
 

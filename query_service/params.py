@@ -46,7 +46,8 @@ class Scope:
     timezone: str = "UTC"
     include_bots: bool = False
     # Routing (from settings, not parameters): UTC days before ``hot_from`` are past the ClickHouse TTL and are
-    # read from the enriched lake under ``lake_path`` (a local directory; None = everything from ClickHouse).
+    # read from the enriched lake under ``lake_path`` (a local directory, or the http(s) URL of an S3 bucket/prefix;
+    # None = everything from ClickHouse).
     hot_from: date | None = None
     lake_path: str | None = None
 
@@ -338,8 +339,9 @@ def parse_segmentation(params: Params, scope: Scope) -> SegmentationQuery:
     if (e2 := _get(params, "e2")) is not None:
         events.append(parse_event("e2", e2))
     metric = parse_choice(params, "m", SEGMENTATION_METRICS, "uniques")
-    if metric == "histogram":  # Amplitude's m=histogram is known but not computed yet: a clear 400, never a 5xx
-        raise ParamError("m", "m=histogram is not supported yet; use sums or value_avg")
+    if metric == "histogram":  # Amplitude's m=histogram: its response shape is undocumented, so a clear 400
+        raise ParamError("m", "m=histogram is not supported: Amplitude does not document its response shape; "
+                              "use sums or value_avg")
     value_prop = None
     formula = None
     if metric in ("sums", "value_avg", "histogram"):

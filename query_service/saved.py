@@ -14,7 +14,7 @@ Bodies are JSON; bad input is a 400 ``{"error": …}`` naming the field; an unkn
   on a 12-column grid.
 * ``GET /api/web/funnel-users`` — the ``/api/2/funnels`` parameters plus ``step`` (1-based) →
   ``{"users": [actor_id…], "step", "total"}``: up to ``limit`` (default 100, ≤ 1000) actors whose funnel path
-  reaches that step, computed by the API's own funnel SQL (``query_service.compile.funnel``), so the list
+  reaches that step, from the API's own funnel paths (``compile.funnel.compile_funnel_actors``), so the list
   always agrees with the bar's count (``total``).
 * ``GET /api/web/event-types`` → ``{"event_types": [{"name", "count", "planned"}], "properties": {"event": […],
   "user": […]}}``: the event types seen in ``analytics.events`` for the project (bots excluded, as the API
@@ -201,20 +201,10 @@ def project_vocabulary(settings: Settings, meta_store: MetadataStore, project: s
     }
 
 
-FUNNEL_FINAL_SELECT = "\nSELECT 'day' AS kind"  # where compile_funnel's CTEs end and its counting begins
-
-
 def funnel_step_users(engine: Any, q: Any, step: int, limit: int) -> tuple[list[str], int]:
-    """Actors whose best funnel path (the ``best`` CTE of the API's funnel SQL) reaches ``step``."""
-    from dataclasses import replace
+    """Actors whose best funnel path reaches ``step``: the API's own funnel paths
+    (:func:`query_service.compile.funnel.funnel_paths_sql`), so the list agrees with the bar."""
+    from query_service.compile.funnel import compile_funnel_actors
 
-    from query_service.compile.funnel import compile_funnel
-
-    compiled = compile_funnel(q)
-    head, found, _ = compiled.sql.partition(FUNNEL_FINAL_SELECT)
-    if not found:  # the funnel SQL changed shape: fail loudly in tests rather than list the wrong users
-        raise RuntimeError("query_service.compile.funnel no longer ends with its 'day'/'all' SELECT")
-    sql = (f"{head}\nSELECT actor_id, count() OVER () AS total FROM best WHERE b.1 >= {int(step)} "
-           f"ORDER BY actor_id LIMIT {int(limit)}")
-    rows = engine.run(replace(compiled, sql=sql)).rows
+    rows = engine.run(compile_funnel_actors(q, step, limit)).rows
     return [str(r["actor_id"]) for r in rows], int(rows[0]["total"]) if rows else 0

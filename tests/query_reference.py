@@ -146,3 +146,160 @@ def retention(events: list[dict[str, Any]], se: str, re: str, mode: str, start: 
                 for j in range(1, max(k, 1))]
         out[d] = (len(members), counts)
     return out
+
+
+# --- sessions, user look-ups, realtime, lifecycle, stickiness (rules of query_service/compile/{sessions,
+# user_lookup,realtime,lifecycle,stickiness}.py). Events may carry ``session_id`` (default -1), ``user_id``,
+# ``device_id``.
+
+SESSION_CAP_MS = 86_400_000
+
+
+def _sessions(events: list[dict[str, Any]], start: date, end: date, tz: str) -> list[tuple[str, date, int]]:
+    """(actor, local start day, length ms capped at 1 day) of every session starting in [start, end], sessions
+    made of their events within [local midnight of start - 24 h, local midnight after end + 24 h)."""
+    lo = datetime(start.year, start.month, start.day, tzinfo=ZoneInfo(tz)).timestamp() * 1000 - SESSION_CAP_MS
+    after = end + timedelta(days=1)
+    hi = datetime(after.year, after.month, after.day, tzinfo=ZoneInfo(tz)).timestamp() * 1000 + SESSION_CAP_MS
+    spans: dict[tuple[str, int], list[int]] = {}
+    for e in clean(events):
+        sid = e.get("session_id", -1)
+        if sid is None or sid < 0 or not lo <= e["time"] < hi:
+            continue
+        spans.setdefault((e["actor_id"], sid), []).append(e["time"])
+    out = []
+    for (actor, _sid), ts in spans.items():
+        d = local_day(min(ts), tz)
+        if start <= d <= end:
+            out.append((actor, d, min(max(ts) - min(ts), SESSION_CAP_MS)))
+    return out
+
+
+def session_length_bins(events: list[dict[str, Any]], start: date, end: date, tz: str, edges: list[int]) -> list[int]:
+    counts = [0] * (len(edges) - 1)
+    for _a, _d, length in _sessions(events, start, end, tz):
+        for k in range(len(counts)):
+            if edges[k] <= length < edges[k + 1] or (k == len(counts) - 1 and length == edges[-1]):
+                counts[k] += 1
+                break
+    return counts
+
+
+def sessions_per_user(events: list[dict[str, Any]], start: date, end: date, tz: str) -> tuple[list[float], float]:
+    ss = _sessions(events, start, end, tz)
+    per_day = []
+    for d in days(start, end):
+        day = [a for a, dd, _ in ss if dd == d]
+        per_day.append(len(day) / len(set(day)) if day else 0.0)
+    return per_day, (len(ss) / len({a for a, _, _ in ss}) if ss else 0.0)
+
+
+def user_search(events: list[dict[str, Any]], user: str) -> tuple[str, list[str]]:
+    """(type, actor ids of the best tier, most recently active first)."""
+    evs = clean(events)
+    last: dict[str, int] = {}
+    tier: dict[str, int] = {}
+    for e in evs:
+        a = e["actor_id"]
+        uid, did = e.get("user_id", a) or "", e.get("device_id") or ""
+        t = 0 if a == user else 1 if user in (uid, did) else 2 if uid.startswith(user) else None
+        if t is None:
+            continue
+        tier[a] = min(tier.get(a, 9), t)
+        last[a] = max(last.get(a, 0), e["time"])
+    if not tier:
+        return "nomatch", []
+    best = min(tier.values())
+    names = ("match_amplitude_id", "match_user_or_device_id", "match_user_prefix")
+    return names[best], sorted((a for a in tier if tier[a] == best), key=lambda a: (-last[a], a))
+
+
+def user_activity(events: list[dict[str, Any]], actor: str, offset: int, limit: int) -> list[str]:
+    """insert_ids of the actor's events, most recent first (time, then insert_id, descending), paged."""
+    evs = [e for e in clean(events) if e["actor_id"] == actor]
+    evs.sort(key=lambda e: (e["time"], e["insert_id"]), reverse=True)
+    return [e["insert_id"] for e in evs[offset:offset + limit]]
+
+
+def realtime(events: list[dict[str, Any]], now: datetime, tz: str) -> tuple[list[str], list[list[int]]]:
+    zone = ZoneInfo(tz)
+    local_now = now.astimezone(zone)
+    last = local_now.hour * 60 + local_now.minute - local_now.minute % 5
+    labels = [f"{m // 60:02d}:{m % 60:02d}" for m in range(0, last + 1, 5)]
+    today = local_now.date()
+    sets: list[dict[str, set[str]]] = [defaultdict(set), defaultdict(set)]
+    for e in clean(events):
+        if e["time"] > now.timestamp() * 1000:
+            continue
+        t = datetime.fromtimestamp(e["time"] / 1000, zone)
+        label = f"{t.hour:02d}:{t.minute - t.minute % 5:02d}"
+        which = 0 if t.date() == today else 1 if t.date() == today - timedelta(days=1) else None
+        if which is not None:
+            sets[which][label].add(e["actor_id"])
+    return labels, [[len(sets[w].get(x, ())) for x in labels] for w in (0, 1)]
+
+
+def _period(d: date, interval: str) -> date:
+    if interval == "week":
+        return d - timedelta(days=(d.weekday() + 1) % 7)
+    if interval == "month":
+        return d.replace(day=1)
+    return d
+
+
+def _shift(p: date, interval: str, n: int) -> date:
+    if interval == "day":
+        return p + timedelta(days=n)
+    if interval == "week":
+        return p + timedelta(days=7 * n)
+    m = p.year * 12 + p.month - 1 + n
+    return date(m // 12, m % 12 + 1, 1)
+
+
+def lifecycle(events: list[dict[str, Any]], event_type: str, start: date, end: date, interval: str,
+              tz: str) -> tuple[list[str], dict[str, list[int]]]:
+    active: dict[str, set[date]] = defaultdict(set)
+    for e in clean(events):
+        if event_type in ("_active", "_all") or e["event_type"] == event_type:
+            active[e["actor_id"]].add(_period(local_day(e["time"], tz), interval))
+    periods: list[date] = []
+    for d in days(start, end):
+        if _period(d, interval) not in periods:
+            periods.append(_period(d, interval))
+    out: dict[str, list[int]] = {k: [] for k in ("new", "current", "resurrected", "dormant")}
+    for p in periods:
+        prev = _shift(p, interval, -1)
+        counts = dict.fromkeys(out, 0)
+        for ps in active.values():
+            if p in ps and min(ps) == p:
+                counts["new"] += 1
+            elif p in ps and prev in ps:
+                counts["current"] += 1
+            elif p in ps and any(x < prev for x in ps):
+                counts["resurrected"] += 1
+            elif p not in ps and prev in ps:
+                counts["dormant"] += 1
+        for k in out:
+            out[k].append(counts[k])
+    return [p.isoformat() for p in periods], out
+
+
+def stickiness(events: list[dict[str, Any]], event_type: str, start: date, end: date, interval: str,
+               tz: str) -> list[int]:
+    """user-periods active on exactly k days (k = 1..N), periods cut to [start, end]."""
+    active: dict[tuple[str, date], set[date]] = defaultdict(set)
+    for e in clean(events):
+        d = local_day(e["time"], tz)
+        if start <= d <= end and (event_type in ("_active", "_all") or e["event_type"] == event_type):
+            active[(e["actor_id"], _period(d, interval))].add(d)
+    if interval == "week":
+        n = 7
+    else:
+        per_month: dict[date, int] = defaultdict(int)
+        for d in days(start, end):
+            per_month[d.replace(day=1)] += 1
+        n = max(per_month.values())
+    exact = [0] * n
+    for ds in active.values():
+        exact[len(ds) - 1] += 1
+    return exact

@@ -140,3 +140,95 @@ def test_persisted_alert_survives_processes_and_redelivers_only_undelivered(rece
     assert [e["type"] for e in run_alert(store, aid, error_rate([1, 8, 2], [100] * 3), T0 + 3 * H)] == ["resolved"]
     assert [(e["type"], e["delivered"]) for e in alert_history(store, aid)] == [("firing", True), ("resolved", True)]
     store.dispose()
+
+
+def test_a_revision_of_the_latest_interval_resolves_with_its_old_value(receiver: tuple[Receiver, str]) -> None:
+    rec, url = receiver
+    rule = Rule("latest", "above", 0.05, H, url, SECRET)
+    state = AlertState()
+    now = T0 + 2 * H + timedelta(minutes=5)
+    assert [e["type"] for e in run(rule, state, error_rate([1, 8], [100, 100]), now)] == ["firing"]
+    # a late batch revises hour 1 (still the latest complete one) to 4 %: resolved, carrying the revised value
+    events = run(rule, state, error_rate([1, 8], [100, 200]), now + timedelta(minutes=10))
+    assert [(e["type"], e["interval_start"], e["old_value"], e["value"]) for e in events] == [
+        ("resolved", (T0 + H).isoformat(), 0.08, 0.04)]
+    # revised up again: re-fires, with the revision
+    events = run(rule, state, error_rate([1, 12], [100, 200]), now + timedelta(minutes=20))
+    assert [(e["type"], e["old_value"], e["value"]) for e in events] == [("firing", 0.04, 0.06)]
+    assert [r[1]["type"] for r in rec.received] == ["firing", "resolved", "firing"]
+    # a plain new interval resolving carries no old value
+    events = run(rule, state, error_rate([1, 12, 1], [100, 200, 100]), T0 + 3 * H)
+    assert [(e["type"], e["old_value"]) for e in events] == [("resolved", None)]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def meta_store(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[object]:
+    import uuid
+
+    import sqlalchemy as sa
+
+    from eventpipe_core.metadata import MetadataStore
+
+    if request.param == "sqlite":
+        store = MetadataStore(f"sqlite:///{tmp_path}/meta.db")
+        store.ensure_schema()
+        yield store
+        store.dispose()
+        return
+    url = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+    schema = f"alerts_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    store = MetadataStore(sa.create_engine(url, connect_args={"options": f"-csearch_path={schema}"}))
+    try:
+        store.ensure_schema()
+        yield store
+    finally:
+        store.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def test_alert_management_is_project_scoped(meta_store: object, receiver: tuple[Receiver, str]) -> None:
+    from eventpipe_core.metadata import MetadataError
+    from eventpipe_core.metadata.alerts import (
+        alert_history,
+        create_alert,
+        delete_alert,
+        get_alert,
+        list_alerts,
+        run_alert,
+        snooze_alert,
+        update_alert,
+    )
+
+    store = meta_store
+    rec, url = receiver
+    store.create_project("shop")  # type: ignore[attr-defined]
+    store.create_project("blog")  # type: ignore[attr-defined]
+    aid, _ = create_alert(store, "shop", "err", series={"kind": "segmentation"}, condition="above", threshold=0.05,
+                          interval=H, webhook_url=url)
+    assert [a["id"] for a in list_alerts(store, "shop")] == [aid] and list_alerts(store, "blog") == []
+    assert [a["project"] for a in list_alerts(store)] == ["shop"]
+    assert get_alert(store, "blog", aid) is None and update_alert(store, "blog", aid, name="x") is None
+    assert snooze_alert(store, "blog", aid, T0) is None and delete_alert(store, "blog", aid) is False
+    with pytest.raises(MetadataError):
+        update_alert(store, "shop", aid, condition="sideways")
+    assert [e["type"] for e in run_alert(store, aid, error_rate([1, 8], [100, 100]), T0 + 2 * H, backoff_s=0.01)] == ["firing"]
+    assert get_alert(store, "shop", aid)["status"] == "firing"  # type: ignore[index]
+    # a threshold change forgets the last evaluation but keeps the status: it resolves if it no longer breaches
+    changed = update_alert(store, "shop", aid, threshold=0.1)
+    assert changed is not None and changed["threshold"] == 0.1 and changed["firing"]
+    assert [e["type"] for e in run_alert(store, aid, error_rate([1, 8], [100, 100]), T0 + 2 * H, backoff_s=0.01)] == [
+        "resolved"]
+    until = datetime.now(UTC) + timedelta(hours=1)
+    snoozed = snooze_alert(store, "shop", aid, until)
+    assert snoozed is not None and snoozed["status"] == "snoozed"
+    assert datetime.fromisoformat(snoozed["snoozed_until"]) == until
+    assert snooze_alert(store, "shop", aid, None)["status"] == "resolved"  # type: ignore[index]
+    assert [e["type"] for e in alert_history(store, aid)] == ["firing", "resolved"]
+    assert [r[1]["type"] for r in rec.received] == ["firing", "resolved"]
+    assert delete_alert(store, "shop", aid) is True and get_alert(store, "shop", aid) is None
+    assert alert_history(store, aid) == []

@@ -292,3 +292,44 @@ def test_cli_create_materialize_and_export_members(env: dict[str, Any], chserver
     assert r.returncode == 0, r.stderr
     assert set(json.loads(r.stdout)["members"]) == reference_members(DEFINITIONS["error_free"], AS_OF)
     assert cli("members", cid, "--project", "someone-else").returncode == 2
+
+
+def test_another_projects_cohort_id_gives_no_members(env: dict[str, Any]) -> None:
+    """The segment's cohort_members subquery reads only the caller's project: a cohort of another project
+    (whose members are actor ids that also exist here) filters everything out, its members 404."""
+    env["store"].create_project("othershop")
+    other = create_cohort(env["store"], "othershop", "others_vips", static_members=["user-001", "user-002", "user-003"])
+    materialize_all(env["client"], "analytics", env["store"], AS_OF, only={other.id})
+    assert read_members(env["client"], "analytics", other.id)[1] == ["user-001", "user-002", "user-003"]
+    params = {"e": json.dumps({"event_type": "_active"}), "start": FIRST.strftime("%Y%m%d"), "end": AS_OF.strftime("%Y%m%d"),
+              "m": "uniques"}
+    everyone = env["http"].get("/api/2/events/segmentation", auth=env["auth"], params=params).json()["data"]["series"][0]
+    assert sum(everyone) > 0
+    for op, want in (("is", [0] * len(everyone)), ("is not", everyone)):
+        r = env["http"].get("/api/2/events/segmentation", auth=env["auth"], params={
+            **params, "s": json.dumps([{"prop": "userdata_cohort", "op": op, "values": [other.id]}])})
+        assert r.status_code == 200, r.text
+        assert r.json()["data"]["series"][0] == want, op
+    assert env["http"].get(f"/api/cohorts/{other.id}/members", auth=env["auth"]).status_code == 404
+    assert env["http"].get(f"/api/cohorts/{other.id}/sizes", auth=env["auth"]).status_code == 404
+
+
+def test_cohort_size_over_time(env: dict[str, Any]) -> None:
+    cid = env["ids"]["big_buyers"]
+    days = [AS_OF - timedelta(days=k) for k in (9, 5, 0)]
+    for d in days:
+        materialize_all(env["client"], "analytics", env["store"], d, only={cid})
+    r = env["http"].get(f"/api/cohorts/{cid}/sizes", auth=env["auth"])
+    assert r.status_code == 200, r.text
+    sizes = {s["as_of"]: s["size"] for s in r.json()["sizes"]}
+    for d in days:
+        assert sizes[d.isoformat()] == len(reference_members(DEFINITIONS["big_buyers"], d))
+    assert len({sizes[d.isoformat()] for d in days}) > 1  # the size does change over time: the test could fail
+    assert list(sizes) == sorted(sizes)
+    r = env["http"].get(f"/api/cohorts/{cid}/sizes", auth=env["auth"],
+                        params={"start": days[1].strftime("%Y%m%d"), "end": AS_OF.strftime("%Y%m%d")})
+    got = [s["as_of"] for s in r.json()["sizes"]]
+    assert {d.isoformat() for d in days[1:]} <= set(got) and days[0].isoformat() not in got
+    assert all(days[1].isoformat() <= g <= AS_OF.isoformat() for g in got)
+    bad = env["http"].get(f"/api/cohorts/{cid}/sizes", auth=env["auth"], params={"start": "2025-06-01"})
+    assert bad.status_code == 400 and bad.json()["parameter"] == "start"

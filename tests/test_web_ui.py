@@ -156,6 +156,12 @@ def test_funnel_users_agree_with_the_funnel(stack: dict[str, Any]) -> None:
     for step, count in enumerate(funnel["cumulativeRaw"], start=1):
         r = c.get("/api/web/funnel-users", params=[*params, ("step", str(step)), ("limit", "1000")]).json()
         assert r["total"] == count and len(r["users"]) == min(count, 1000) and r["users"] == sorted(r["users"])
+    for mode in ("unordered", "sequential"):  # the same paths as the bars in every order mode
+        moded = [*params, ("mode", mode)]
+        bars = c.get("/api/2/funnels", params=moded).json()["data"][0]["cumulativeRaw"]
+        totals = [c.get("/api/web/funnel-users", params=[*moded, ("step", str(k))]).json()["total"]
+                  for k in range(1, len(bars) + 1)]
+        assert totals == bars and bars[0] > 0, mode
     bad = c.get("/api/web/funnel-users", params=[*params, ("step", "9")])
     assert bad.status_code == 400 and bad.json()["parameter"] == "step"
 
@@ -216,5 +222,6 @@ def test_browser(stack: dict[str, Any], marts: dict[str, list[int]], tmp_path: P
     print(f"playwright output: {out}\n{proc.stdout[-6000:]}")
     assert proc.returncode == 0, f"{proc.stdout[-8000:]}\n{proc.stderr[-3000:]}"
     for page in ("signin-refused", "segmentation", "funnel", "funnel-step-users", "retention", "users", "lifecycle",
-                 "stickiness", "realtime", "charts", "dashboard", "funnel-phone"):
+                 "stickiness", "realtime", "user-activity", "charts", "dashboard", "funnel-phone", "lifecycle-phone",
+                 "stickiness-phone", "realtime-phone", "people-phone", "user-activity-phone"):
         assert f"{page}.png" in shots, shots

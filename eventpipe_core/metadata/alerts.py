@@ -97,16 +97,27 @@ def run_alert(store: MetadataStore, alert_id: str, series: Sequence[tuple[dateti
             if not exists:
                 conn.execute(alert_events.insert().values(
                     id=e["id"], alert_id=alert_id, type=e["type"], interval_start=datetime.fromisoformat(e["interval_start"]),
-                    payload=json.dumps(e), created_at=now, delivered_at=now if e["snoozed"] else None))
+                    payload=json.dumps(e | {"evaluated_at": now.isoformat()}), created_at=datetime.now(UTC),
+                    delivered_at=now if e["snoozed"] else None))
+    deliver_pending(store, alert_id, rule, **delivery)
+    return events
+
+
+def deliver_pending(store: MetadataStore, alert_id: str, rule: Rule | None = None, **delivery: Any) -> int:
+    """Deliver the alert's not-yet-delivered transitions, oldest first; returns how many got a 2xx."""
     with store.engine.connect() as conn:
+        if rule is None:
+            rule = _load(conn, alert_id)[0]
         pending = conn.execute(sa.select(alert_events.c.id, alert_events.c.payload)
                                .where(alert_events.c.alert_id == alert_id, alert_events.c.delivered_at.is_(None))
                                .order_by(alert_events.c.created_at, alert_events.c.interval_start)).all()
+    done = 0
     for eid, payload in pending:
         if deliver(rule, json.loads(payload), **delivery):
+            done += 1
             with store.engine.begin() as conn:
                 conn.execute(alert_events.update().where(alert_events.c.id == eid).values(delivered_at=datetime.now(UTC)))
-    return events
+    return done
 
 
 def alert_history(store: MetadataStore, alert_id: str) -> list[dict[str, Any]]:
@@ -114,3 +125,84 @@ def alert_history(store: MetadataStore, alert_id: str) -> list[dict[str, Any]]:
         rows = conn.execute(sa.select(alert_events).where(alert_events.c.alert_id == alert_id)
                             .order_by(alert_events.c.created_at, alert_events.c.interval_start)).all()
     return [json.loads(r.payload) | {"delivered": r.delivered_at is not None} for r in rows]
+
+
+# --- management (API / CLI): every call is scoped to the caller's project ----------------------------------------
+
+def _row_dict(r: Any, project: str, now: datetime) -> dict[str, Any]:
+    snoozed = r.snoozed_until.replace(tzinfo=r.snoozed_until.tzinfo or UTC) if r.snoozed_until else None
+    active_snooze = snoozed is not None and now < snoozed
+    return {"id": r.id, "project": project, "name": r.name, "series": json.loads(r.series), "condition": r.condition,
+            "threshold": r.threshold, "interval": "hour" if r.interval_s <= 3600 else "day", "webhook_url": r.webhook_url,
+            "status": "snoozed" if active_snooze else r.status, "firing": r.status == "firing",
+            "snoozed_until": snoozed.isoformat() if active_snooze and snoozed else None,
+            "created_at": r.created_at.replace(tzinfo=r.created_at.tzinfo or UTC).isoformat()}
+
+
+def _select(project: str | None) -> sa.Select:
+    q = sa.select(alerts, projects.c.name.label("project_name")).join(projects, projects.c.id == alerts.c.project_id)
+    return q.where(projects.c.name == project) if project is not None else q
+
+
+def list_alerts(store: MetadataStore, project: str | None = None) -> list[dict[str, Any]]:
+    """The project's alerts (every project's with ``None``: the sensor), oldest first; secrets never included.
+    ``status`` is ``firing``/``resolved``, or ``snoozed`` while a snooze runs (``firing`` keeps the underlying
+    state)."""
+    now = datetime.now(UTC)
+    with store.engine.connect() as conn:
+        rows = conn.execute(_select(project).order_by(alerts.c.created_at, alerts.c.id)).all()
+    return [_row_dict(r, r.project_name, now) for r in rows]
+
+
+def get_alert(store: MetadataStore, project: str, alert_id: str) -> dict[str, Any] | None:
+    with store.engine.connect() as conn:
+        r = conn.execute(_select(project).where(alerts.c.id == alert_id)).first()
+    return _row_dict(r, project, datetime.now(UTC)) if r is not None else None
+
+
+def update_alert(store: MetadataStore, project: str, alert_id: str, **changes: Any) -> dict[str, Any] | None:
+    """Change ``name``, ``condition``, ``threshold``, ``webhook_url`` or ``series``. A changed rule forgets the
+    last evaluation (the next one compares against nothing: no ``revised`` events for the rule change itself)
+    but keeps ``status``, so a firing alert resolves on its next evaluation if the new rule no longer breaches."""
+    if get_alert(store, project, alert_id) is None:
+        return None
+    values: dict[str, Any] = {}
+    if changes.get("name") is not None:
+        values["name"] = str(changes["name"])
+    if changes.get("condition") is not None:
+        if changes["condition"] not in CONDITIONS:
+            raise MetadataError(f"condition must be one of {', '.join(CONDITIONS)}")
+        values["condition"] = changes["condition"]
+    if changes.get("threshold") is not None:
+        values["threshold"] = float(changes["threshold"])
+    if changes.get("webhook_url") is not None:
+        if not str(changes["webhook_url"]).startswith(("http://", "https://")):
+            raise MetadataError("webhook_url must be an http(s) URL")
+        values["webhook_url"] = changes["webhook_url"]
+    if changes.get("series") is not None:
+        values["series"] = json.dumps(changes["series"])
+    if changes.get("interval") is not None:
+        values["interval_s"] = int(changes["interval"].total_seconds())
+    if values.keys() - {"name", "webhook_url"}:
+        values["state"] = "{}"
+    if values:
+        with store.engine.begin() as conn:
+            conn.execute(alerts.update().where(alerts.c.id == alert_id).values(**values))
+    return get_alert(store, project, alert_id)
+
+
+def snooze_alert(store: MetadataStore, project: str, alert_id: str, until: datetime | None) -> dict[str, Any] | None:
+    """Snooze until a time (transitions meanwhile are recorded, not delivered); ``None`` unsnoozes."""
+    if get_alert(store, project, alert_id) is None:
+        return None
+    snooze(store, alert_id, until)
+    return get_alert(store, project, alert_id)
+
+
+def delete_alert(store: MetadataStore, project: str, alert_id: str) -> bool:
+    if get_alert(store, project, alert_id) is None:
+        return False
+    with store.engine.begin() as conn:
+        conn.execute(alert_events.delete().where(alert_events.c.alert_id == alert_id))
+        conn.execute(alerts.delete().where(alerts.c.id == alert_id))
+    return True

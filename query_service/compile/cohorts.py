@@ -6,6 +6,7 @@
 * :func:`cohort_filter_sql` — ``s=[{"prop":"userdata_cohort","op":"is","values":["<id>"]}]`` (Amplitude's
   form): the actor is a member of one of the cohorts in its latest materialized snapshot of ``cohort_members``.
   ``is not`` negates.
+* :func:`compile_sizes` — members per ``as_of`` day (cohort size over time).
 * :data:`COHORT_MEMBERS_DDL` — ``cohort_members (project, cohort_id, actor_id, as_of)``.
 """
 
@@ -15,7 +16,15 @@ from datetime import date, timedelta
 from typing import Any
 
 from eventpipe_core.metadata.cohorts import expand_values
-from query_service.compile.common import Binder, Compiled, events_source, filter_sql, local_midnight_ms, prop_sql
+from query_service.compile.common import (
+    PROJECT_PARAM,
+    Binder,
+    Compiled,
+    events_source,
+    filter_sql,
+    local_midnight_ms,
+    prop_sql,
+)
 from query_service.params import Prop, PropFilter, Scope
 
 COHORT_PROP = "userdata_cohort"
@@ -77,11 +86,29 @@ def _latest_value_cond(b: Binder, column: str, op: str, values: tuple[str, ...])
 
 
 def cohort_filter_sql(b: Binder, f: PropFilter) -> str:
-    """The ``userdata_cohort`` segment (ops ``is`` / ``is not``)."""
+    """The ``userdata_cohort`` segment (ops ``is`` / ``is not``), read only from the query's own project's rows
+    of ``cohort_members`` (``{query_project}``, bound by the query's event source): another project's cohort id
+    has no members here."""
     if f.op not in ("is", "is not"):
         raise ValueError("userdata_cohort supports the ops is and is not")
     ids = b.bind(list(f.values), "Array(String)")
-    members = (f"SELECT actor_id FROM {MEMBERS_TABLE} WHERE has({ids}, cohort_id) AND (cohort_id, as_of) IN"
-               f" (SELECT cohort_id, max(as_of) FROM {MEMBERS_TABLE} WHERE has({ids}, cohort_id) GROUP BY cohort_id)")
+    b.params.setdefault(PROJECT_PARAM, None)  # filled by events_source (every query has one), whichever comes first
+    own = f"project = {{{PROJECT_PARAM}:String}} AND has({ids}, cohort_id)"
+    members = (f"SELECT actor_id FROM {MEMBERS_TABLE} WHERE {own} AND (cohort_id, as_of) IN"
+               f" (SELECT cohort_id, max(as_of) FROM {MEMBERS_TABLE} WHERE {own} GROUP BY cohort_id)")
     expr = f"actor_id IN ({members})"
     return expr if f.op == "is" else f"NOT ({expr})"
+
+
+def compile_sizes(project: str, cohort_id: str, start: date | None = None, end: date | None = None) -> tuple[str, dict[str, Any]]:
+    """SQL + parameters: ``(as_of, size)`` per materialized day of one cohort of ``project``, oldest first."""
+    where = ["project = {sz_p:String}", "cohort_id = {sz_c:String}"]
+    params: dict[str, Any] = {"sz_p": project, "sz_c": cohort_id}
+    if start is not None:
+        where.append("as_of >= {sz_s:Date}")
+        params["sz_s"] = start
+    if end is not None:
+        where.append("as_of <= {sz_e:Date}")
+        params["sz_e"] = end
+    return (f"SELECT as_of, uniqExact(actor_id) AS size FROM {MEMBERS_TABLE} WHERE {' AND '.join(where)}"
+            " GROUP BY as_of ORDER BY as_of"), params

@@ -56,6 +56,9 @@ class Compiled:
         return tuple((self.project, d) for d in self.utc_days)
 
 
+PROJECT_PARAM = "query_project"  # the query's project, bound by every events_source (one project per query)
+
+
 class Binder:
     """Collects bound parameters; ``bind`` returns the placeholder to put in SQL."""
 
@@ -163,6 +166,16 @@ def lake_glob(lake_path: str, first: date, last: date) -> str:
     return f"{lake_path.rstrip('/')}/enriched/events/event_date={{{dates}}}/event_hour=*/part-00000.parquet"
 
 
+# An S3 lake is read with s3(); its credentials are bound by the engine under these fixed parameter names (never
+# part of a Compiled: neither cache keys nor logged SQL carry them).
+LAKE_KEY_PARAM, LAKE_SECRET_PARAM = "lake_key", "lake_secret"
+
+
+def is_url_lake(lake_path: str) -> bool:
+    """An ``http(s)://`` lake location is an S3 bucket/prefix URL (from an ``s3://`` LAKE_URL); else a directory."""
+    return lake_path.startswith(("http://", "https://"))
+
+
 def reads_lake(scope: Scope, start_ms: int | None) -> bool:
     return bool(scope.lake_path and scope.hot_from and (start_ms is None or start_ms < _day_ms(scope.hot_from)))
 
@@ -173,11 +186,12 @@ def events_source(b: Binder, scope: Scope, start_ms: int | None, end_ms: int | N
 
     One row per insert_id: the first received copy (``received_at``, then ``event_time``), as ``stg_events``.
     Copies of one insert_id only exist across hours (each enriched hour is deduplicated and replaced whole).
-    Days before ``scope.hot_from`` (past the ClickHouse TTL) come from the enriched lake through ``file()``,
-    the rest from ``analytics.events``: one answer for a range spanning both.
+    Days before ``scope.hot_from`` (past the ClickHouse TTL) come from the enriched lake through ``file()`` (a
+    directory) or ``s3()`` (an S3 URL), the rest from ``analytics.events``: one answer for a range spanning both.
     """
     cols = tuple(dict.fromkeys((*columns, "is_bot", "received_at")))
     project = b.bind(scope.project, "String")
+    b.params[PROJECT_PARAM] = scope.project  # issue 16: the cohort segment's subquery is scoped to it too
 
     def where(lo: int | None, hi: int | None) -> str:
         w = [f"project = {project}"]
@@ -199,8 +213,12 @@ def events_source(b: Binder, scope: Scope, start_ms: int | None, end_ms: int | N
                 else f"{scope.lake_path.rstrip('/')}/enriched/events/event_date=*/event_hour=*/part-00000.parquet")
         glob = b.bind(path, "String")
         b.reads_lake = True
-        cold = (f"SELECT {', '.join(cols)} FROM file({glob}, 'Parquet', {b.bind(structure, 'String')})"
-                f" WHERE {where(start_ms, cold_end)}")
+        if is_url_lake(scope.lake_path):
+            table = (f"s3({glob}, {{{LAKE_KEY_PARAM}:String}}, {{{LAKE_SECRET_PARAM}:String}}, 'Parquet',"
+                     f" {b.bind(structure, 'String')})")
+        else:
+            table = f"file({glob}, 'Parquet', {b.bind(structure, 'String')})"
+        cold = f"SELECT {', '.join(cols)} FROM {table} WHERE {where(start_ms, cold_end)}"
         parts = [cold]
         if end_ms is None or end_ms > hot_ms:
             parts.append(hot_sql.format(where=where(max(hot_ms, start_ms or hot_ms), end_ms)))

@@ -41,13 +41,27 @@ from query_service.compile.common import (
 from query_service.params import FunnelQuery
 
 
-def compile_funnel(q: FunnelQuery) -> Compiled:
-    b = Binder()
+def _read_span(q: FunnelQuery) -> tuple[int, int, int]:
+    """(first entry ms, end of the entry range ms, end of what is read ms: the range plus the window)."""
+    start_ms = local_midnight_ms(q.range.start, q.scope.timezone)
+    end_ms = local_midnight_ms(q.range.end + timedelta(days=1), q.scope.timezone)
+    return start_ms, end_ms, end_ms + q.window_s * 1000 + 1
+
+
+def _compiled(q: FunnelQuery, b: Binder, sql: str) -> Compiled:
+    start_ms, _, read_end = _read_span(q)
+    return Compiled(sql=sql.strip(), params=b.params, project=q.scope.project, reads_lake=b.reads_lake,
+                    utc_days=utc_days_between(start_ms, read_end), all_history=q.new_users)
+
+
+def funnel_paths_sql(q: FunnelQuery, b: Binder) -> str:
+    """The funnel's per-actor stage: a ``WITH`` clause whose CTE ``best`` holds one row per actor that entered,
+    ``(actor_id, b)`` with ``b = (level, t0, times, g)`` — the best path over the range (its level = the last
+    step reached) — and ``day_best`` the same per entry ``day``. Public so that every consumer of funnel paths
+    (the bars, the users of a step) counts the very same paths; append one ``SELECT … FROM best|day_best``."""
     tz = q.scope.timezone
     n = len(q.steps)
-    start_ms = local_midnight_ms(q.range.start, tz)
-    end_ms = local_midnight_ms(q.range.end + timedelta(days=1), tz)
-    read_end = end_ms + q.window_s * 1000 + 1
+    start_ms, end_ms, read_end = _read_span(q)
     mask = " + ".join(f"if({event_match_sql(b, s)}, {1 << k}, 0)" for k, s in enumerate(q.steps))
     group = prop_sql(b, q.group_by[0]) if q.group_by else "''"
     where = []
@@ -61,8 +75,7 @@ def compile_funnel(q: FunnelQuery) -> Compiled:
     s0, s1 = b.bind(start_ms, "Int64"), b.bind(end_ms, "Int64")
     window = b.bind(q.window_s * 1000, "Int64")
     zone = b.bind(tz, "String")
-    steps_n = b.bind(n, "UInt8")
-    sql = f"""
+    return f"""
 WITH per_actor AS (
     SELECT actor_id, evs, {funnel_paths_expr(q.mode, "evs.1", "evs.3", steps_n, window)} AS fp
     FROM (SELECT actor_id, arraySort(x -> (x.1, x.2), groupArray((t, insert_id, m, sg, g))) AS evs
@@ -86,7 +99,14 @@ day_best AS (
 best AS (
     SELECT actor_id, argMax(b, (b.1, -b.2)) AS b FROM day_best GROUP BY actor_id
 )
-SELECT 'day' AS kind, day, b.4 AS g,
+"""
+
+
+def compile_funnel(q: FunnelQuery) -> Compiled:
+    b = Binder()
+    paths = funnel_paths_sql(q, b)
+    steps_n = b.bind(len(q.steps), "UInt8")
+    sql = f"""{paths}SELECT 'day' AS kind, day, b.4 AS g,
        sumForEach(arrayMap(k -> toUInt64(b.1 >= k), range(1, {steps_n} + 1))) AS counts,
        [0.] AS med, [0.] AS avg
 FROM day_best GROUP BY day, g
@@ -97,8 +117,17 @@ SELECT 'all' AS kind, '' AS day, b.4 AS g,
        avgForEach(arrayMap(k -> toFloat64(b.3[k + 1] - b.3[k]), range(1, b.1))) AS avg
 FROM best GROUP BY g
 """
-    return Compiled(sql=sql.strip(), params=b.params, project=q.scope.project, reads_lake=b.reads_lake,
-                    utc_days=utc_days_between(start_ms, read_end), all_history=q.new_users)
+    return _compiled(q, b, sql)
+
+
+def compile_funnel_actors(q: FunnelQuery, step: int, limit: int) -> Compiled:
+    """The actors (ascending, at most ``limit``) whose best path reaches ``step`` (1-based): the users behind
+    bar ``step`` of :func:`compile_funnel`, each row also carrying ``total``, the bar's count."""
+    b = Binder()
+    paths = funnel_paths_sql(q, b)
+    sql = (f"{paths}SELECT actor_id, count() OVER () AS total FROM best WHERE b.1 >= {b.bind(step, 'UInt8')}"
+           f" ORDER BY actor_id LIMIT {int(limit)}")
+    return _compiled(q, b, sql)
 
 
 def _ratio(a: float, b: float) -> float:

@@ -1,4 +1,4 @@
-import { useEffect, useRef, useState, type ReactNode } from 'react'
+import { useEffect, useRef, useState, type ReactNode, type TdHTMLAttributes } from 'react'
 import * as echarts from 'echarts/core'
 import { BarChart, LineChart } from 'echarts/charts'
 import { GridComponent, LegendComponent, TooltipComponent } from 'echarts/components'
@@ -21,8 +21,9 @@ export const compact = (iso: string) => iso.replaceAll('-', '') // YYYY-MM-DD ->
 // ---- async state -------------------------------------------------------------------------------------
 export type Async<T> = { state: 'idle' } | { state: 'loading' } | { state: 'error'; message: string } | { state: 'done'; data: T }
 
-/** Runs `load` whenever `key` changes (a serialized query); stale answers are dropped. */
-export function useAsync<T>(key: string | null, load: () => Promise<T>): Async<T> {
+/** Runs `load` whenever `key` changes (a serialized query); stale answers are dropped. With `keep`, a reload
+ *  keeps showing the previous answer until the new one arrives (periodic refreshes don't flash "Loading…"). */
+export function useAsync<T>(key: string | null, load: () => Promise<T>, keep = false): Async<T> {
   const [value, setValue] = useState<Async<T>>({ state: 'idle' })
   useEffect(() => {
     if (key === null) {
@@ -30,7 +31,7 @@ export function useAsync<T>(key: string | null, load: () => Promise<T>): Async<T
       return
     }
     let live = true
-    setValue({ state: 'loading' })
+    setValue((v) => (keep && v.state === 'done' ? v : { state: 'loading' }))
     load().then(
       (data) => live && setValue({ state: 'done', data }),
       (err: unknown) => live && setValue({ state: 'error', message: err instanceof Error ? err.message : String(err) }),
@@ -98,6 +99,7 @@ export function EventSelect({
   label,
   special = [],
   testId,
+  none = '— choose —',
 }: {
   vocab: Vocabulary | null
   value: string
@@ -105,12 +107,13 @@ export function EventSelect({
   label: string
   special?: { value: string; label: string }[]
   testId?: string
+  none?: string // the label of the empty choice
 }) {
   return (
     <label className="field">
       <span>{label}</span>
       <select value={value} onChange={(e) => onChange(e.target.value)} data-testid={testId}>
-        <option value="">— choose —</option>
+        <option value="">{none}</option>
         {special.map((s) => (
           <option key={s.value} value={s.value}>
             {s.label}
@@ -346,31 +349,74 @@ export function SeriesView({ series, kind, testId }: { series: Series; kind: 'li
   return <EChart option={option} testId={testId} />
 }
 
-export function SeriesTable({ series }: { series: Series }) {
+// ---- tables ------------------------------------------------------------------------------------------------
+type CellAttrs = Omit<TdHTMLAttributes<HTMLTableCellElement>, 'children'> & { 'data-testid'?: string; 'data-count'?: string | number }
+
+export interface Column<R> {
+  key: string
+  header: ReactNode
+  cell: (row: R, index: number) => ReactNode
+  /** extra attributes of the cell (test ids, data-* values, heat-map colours) */
+  attrs?: (row: R, index: number) => CellAttrs
+}
+
+/** The one table of the UI: the first column is each row's header (<th>), wide tables scroll sideways
+ *  inside their box (never the page), tall ones scroll inside `maxHeight`. */
+export function DataTable<R>({
+  columns,
+  rows,
+  rowKey,
+  rowTestId,
+  testId,
+  className,
+  maxHeight,
+}: {
+  columns: Column<R>[]
+  rows: R[]
+  rowKey: (row: R, index: number) => string
+  rowTestId?: (row: R, index: number) => string
+  testId?: string
+  className?: string
+  maxHeight?: number
+}) {
   return (
-    <div className="table-wrap">
-      <table data-testid="series-table">
+    <div className="table-wrap" style={maxHeight ? { maxHeight, overflowY: 'auto' } : undefined}>
+      <table data-testid={testId} className={className}>
         <thead>
           <tr>
-            <th>series</th>
-            {series.x.map((x) => (
-              <th key={x}>{x}</th>
+            {columns.map((c) => (
+              <th key={c.key}>{c.header}</th>
             ))}
           </tr>
         </thead>
         <tbody>
-          {series.lines.map((l) => (
-            <tr key={l.name}>
-              <th>{l.name}</th>
-              {l.values.map((v, i) => (
-                <td key={i}>{Number.isInteger(v) ? v : v.toFixed(3)}</td>
-              ))}
+          {rows.map((r, i) => (
+            <tr key={rowKey(r, i)} data-testid={rowTestId?.(r, i)}>
+              {columns.map((c, j) => {
+                const Cell = j === 0 ? 'th' : 'td'
+                return (
+                  <Cell key={c.key} {...(c.attrs?.(r, i) ?? {})}>
+                    {c.cell(r, i)}
+                  </Cell>
+                )
+              })}
             </tr>
           ))}
         </tbody>
       </table>
     </div>
   )
+}
+
+export const fmtNum = (v: number) => (Number.isInteger(v) ? String(v) : v.toFixed(3))
+
+/** A series table: one row per line, one column per x value. */
+export function SeriesTable({ series, testId = 'series-table', rowTestId }: { series: Series; testId?: string; rowTestId?: (name: string) => string }) {
+  const columns: Column<Series['lines'][number]>[] = [
+    { key: 'series', header: 'series', cell: (l) => l.name },
+    ...series.x.map((x, i) => ({ key: `x${i}`, header: x, cell: (l: Series['lines'][number]) => fmtNum(l.values[i] ?? 0) })),
+  ]
+  return <DataTable columns={columns} rows={series.lines} rowKey={(l) => l.name} testId={testId} rowTestId={rowTestId && ((l) => rowTestId(l.name))} />
 }
 
 export function fmtDuration(ms: number | null | undefined): string {

@@ -3,6 +3,7 @@ import { createRoot } from 'react-dom/client'
 import { ApiError, api, get, setCsrf, type ChartKind, type SavedChart, type Session, type Vocabulary } from './api'
 import { StateView, useAsync } from './components'
 import Activity, { actDefault, type ActDef, type ActivityKind } from './pages/Activity'
+import People from './pages/People'
 import Funnel, { funnelDefault, type FunnelDef } from './pages/Funnel'
 import Retention, { retDefault, type RetDef } from './pages/Retention'
 import { ChartsList, DashboardPage, DashboardsList } from './pages/Saved'
@@ -14,6 +15,7 @@ interface Route {
   page: string
   id: number | null
   def: Record<string, unknown> | null
+  user: string | null // #/people?u=<id>
 }
 
 function parseHash(hash: string): Route {
@@ -21,6 +23,7 @@ function parseHash(hash: string): Route {
   const [page = 'segmentation', id] = path.split('/')
   let def: Record<string, unknown> | null = null
   const d = new URLSearchParams(search).get('d')
+  const user = new URLSearchParams(search).get('u')
   if (d) {
     try {
       def = JSON.parse(d)
@@ -28,7 +31,7 @@ function parseHash(hash: string): Route {
       def = null
     }
   }
-  return { page: page || 'segmentation', id: id && /^\d+$/.test(id) ? Number(id) : null, def }
+  return { page: page || 'segmentation', id: id && /^\d+$/.test(id) ? Number(id) : null, def, user }
 }
 
 function useRoute(): Route {
@@ -109,6 +112,7 @@ function Analysis({
           <Activity
             def={{ ...(def as unknown as ActDef), kind: kind as ActivityKind }}
             setDef={(d) => setDef(d as unknown as Record<string, unknown>)}
+            vocab={vocab}
           />
         )
     }
@@ -212,6 +216,7 @@ function App() {
   else if (route.page === 'charts') body = <ChartsList />
   else if (route.page === 'dashboards' && route.id !== null) body = <DashboardPage id={route.id} />
   else if (route.page === 'dashboards') body = <DashboardsList />
+  else if (route.page === 'people') body = <People key={route.user ?? ''} initialUser={route.user} />
   else if (ANALYSES.some(([k]) => k === route.page)) body = <Analysis key={route.page} kind={route.page as ChartKind} initial={route.def} chart={null} vocab={vocab} />
   else body = <div className="state">No such page.</div>
 
@@ -231,6 +236,9 @@ function App() {
               {label}
             </a>
           ))}
+          <a href="#/people" className={current === 'people' ? 'active' : ''} data-testid="nav-people">
+            User activity
+          </a>
           <hr />
           <a href="#/charts" className={current === 'charts' ? 'active' : ''} data-testid="nav-charts">
             Saved charts

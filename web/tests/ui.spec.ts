@@ -134,7 +134,7 @@ test('funnel built by drag and drop equals the API and the ground truth', async 
   await page.getByTestId('funnel-bar-0-2').click()
   await expect(page.getByTestId('step-user')).toHaveCount(Math.min(api.cumulativeRaw[2], 100))
   await page.getByTestId('step-user').first().click()
-  await expect(page.getByTestId('step-users').locator('[data-testid="user-activity"], [data-testid="state-error"], [data-testid="state-empty"]')).toBeVisible()
+  await expect(page.getByTestId('step-user-stream').locator('[data-testid="user-activity"], [data-testid="state-error"], [data-testid="state-empty"]')).toBeVisible()
   await shot('funnel-step-users')
 })
 
@@ -170,39 +170,148 @@ test('retention grid equals the API', async () => {
   await shot('retention')
 })
 
-// The page shows the endpoint's series as a chart + table when the API answers, and the API's own message when
-// it refuses (an endpoint not served yet answers 404 "Not Found": the page must say so, not go blank).
-const ACTIVITY: Record<string, [string, string][]> = {
-  users: [['m', 'active'], ['i', '1'], ['start', compact(START)], ['end', compact(END)]],
-  lifecycle: [['start', compact(START)], ['end', compact(END)], ['i', '1']],
-  stickiness: [['start', compact(START)], ['end', compact(END)], ['i', '7']],
-  realtime: [['i', '1']],
+async function apiRaw(path: string, params: [string, string][]): Promise<{ ok: boolean; status: number; body: any }> {
+  const r = await page.request.get(`${path}?${new URLSearchParams(params)}`, { headers: basic })
+  const text = await r.text()
+  let body: any = text
+  try {
+    body = JSON.parse(text)
+  } catch {
+    /* plain-text body */
+  }
+  return { ok: r.ok(), status: r.status(), body }
 }
-for (const [kind, params] of Object.entries(ACTIVITY)) {
-  test(`${kind} page shows the API's series or its message`, async () => {
-    await page.getByTestId(`nav-${kind}`).click()
-    await expect(page.getByTestId(`page-${kind}`)).toBeVisible()
-    if (kind !== 'realtime') await setDates()
-    const r = await page.request.get(`/api/2/${kind}?${new URLSearchParams(params)}`, { headers: basic })
-    const text = await r.text()
-    if (r.ok()) {
-      await expect(page.getByTestId(`${kind}-chart`)).toBeVisible()
-      const series = JSON.parse(text).data.series
-      if (Array.isArray(series) && Array.isArray(series[0]))
-        await expect(page.getByTestId('series-table').locator('tbody tr').first().locator('td')).toHaveText((series[0] as number[]).map(String))
-    } else {
-      let message = text.trim()
-      try {
-        message = JSON.parse(text).error ?? message
-      } catch {
-        /* plain-text error body */
-      }
-      await expect(page.getByTestId('state-error')).toHaveText(message)
+
+const cellsOf = (table: string, row: string) => page.getByTestId(table).getByTestId(row).locator('td')
+
+test('active users page equals the API', async () => {
+  await page.getByTestId('nav-users').click()
+  await expect(page.getByTestId('page-users')).toBeVisible()
+  await setDates()
+  const data = await apiGet('/api/2/users', [['m', 'active'], ['i', '1'], ['start', compact(START)], ['end', compact(END)]])
+  await expect(page.getByTestId('users-chart')).toBeVisible()
+  await expect(page.getByTestId('series-table').locator('tbody tr').first().locator('td')).toHaveText((data.series[0] as number[]).map(String))
+  await shot('users')
+})
+
+test('lifecycle: chart, and a table equal to the API; its 400 message; an empty range', async () => {
+  await page.getByTestId('nav-lifecycle').click()
+  await expect(page.getByTestId('page-lifecycle')).toBeVisible()
+  await setDates()
+  const data = await apiGet('/api/2/lifecycle', [['start', compact(START)], ['end', compact(END)], ['i', '1']])
+  await expect(page.getByTestId('lifecycle-chart')).toBeVisible()
+  const names = ['new', 'current', 'resurrected', 'dormant']
+  for (const name of names) await expect(cellsOf('lifecycle-table', `lifecycle-row-${name}`)).toHaveText((data.series[name] as number[]).map(String))
+  await expect(page.getByTestId('lifecycle-table').locator('thead th')).toHaveText(['series', ...(data.xValues as string[])])
+  expect((data.series.new as number[]).reduce((a, b) => a + b, 0)).toBeGreaterThan(0)
+  await shot('lifecycle')
+  // weekly buckets: the page follows the interval
+  await page.getByTestId('lifecycle-interval').selectOption('7')
+  const weekly = await apiGet('/api/2/lifecycle', [['start', compact(START)], ['end', compact(END)], ['i', '7']])
+  await expect(cellsOf('lifecycle-table', 'lifecycle-row-new')).toHaveText((weekly.series.new as number[]).map(String))
+  // end before start: the API's own message
+  await page.getByTestId('end').fill('2001-01-01')
+  const bad = await apiRaw('/api/2/lifecycle', [['start', compact(START)], ['end', '20010101'], ['i', '7']])
+  expect(bad.status).toBe(400)
+  await expect(page.getByTestId('state-error')).toHaveText(bad.body.error)
+  // a range before any event: the empty state (or the API's refusal of such a range)
+  await page.getByTestId('start').fill('2010-01-01')
+  await page.getByTestId('end').fill('2010-01-14')
+  const old = await apiRaw('/api/2/lifecycle', [['start', '20100101'], ['end', '20100114'], ['i', '7']])
+  if (old.ok) await expect(page.getByTestId('state-empty')).toBeVisible()
+  else await expect(page.getByTestId('state-error')).toHaveText(old.body.error)
+})
+
+test('stickiness: exactly / at least k days and the total equal the API', async () => {
+  await page.getByTestId('nav-stickiness').click()
+  await expect(page.getByTestId('page-stickiness')).toBeVisible()
+  await setDates()
+  const data = await apiGet('/api/2/stickiness', [['start', compact(START)], ['end', compact(END)], ['i', '7']])
+  await expect(page.getByTestId('stickiness-chart')).toBeVisible()
+  await expect(cellsOf('stickiness-table', 'stickiness-row-exactly')).toHaveText((data.series[0] as number[]).map(String))
+  await expect(cellsOf('stickiness-table', 'stickiness-row-at-least')).toHaveText((data.cumulative[0] as number[]).map(String))
+  await expect(page.getByTestId('stickiness-total')).toHaveText(String(data.total))
+  expect(data.total).toBeGreaterThan(0)
+  await shot('stickiness')
+  // one event instead of any active one: the page sends it as e
+  await page.getByTestId('stickiness-event').selectOption(expected.steps[2])
+  const one = await apiGet('/api/2/stickiness', [['e', JSON.stringify({ event_type: expected.steps[2] })], ['start', compact(START)], ['end', compact(END)], ['i', '7']])
+  expect(one.total).toBeLessThan(data.total)
+  await expect(page.getByTestId('stickiness-total')).toHaveText(String(one.total))
+  await expect(cellsOf('stickiness-table', 'stickiness-row-exactly')).toHaveText((one.series[0] as number[]).map(String))
+})
+
+test('realtime: today and yesterday per 5 minutes equal the API', async () => {
+  await page.getByTestId('nav-realtime').click()
+  await expect(page.getByTestId('page-realtime')).toBeVisible()
+  await expect(page.getByTestId('page-realtime').locator('[data-testid="realtime-chart"], [data-testid="state-empty"]')).toBeVisible()
+  const shown = (v: number | null) => (v === null || v === undefined ? '–' : String(v))
+  const rows = page.getByTestId('realtime-table').locator('tbody tr')
+  const total = (s: (number | null)[]) => s.reduce<number>((a, v) => a + (v ?? 0), 0)
+  // the buckets grow with the clock: compare with an answer of the same moment (retried across a 5-minute boundary)
+  await expect(async () => {
+    const data = await apiGet('/api/2/realtime', [])
+    expect(data.seriesLabels).toEqual(['Today', 'Yesterday'])
+    if (total(data.series[0]) + total(data.series[1]) === 0) {
+      await expect(page.getByTestId('state-empty')).toBeVisible({ timeout: 1000 })
+      return
     }
-    if (kind === 'users') expect(r.ok(), text).toBe(true)
-    await shot(kind)
-  })
-}
+    // newest bucket first
+    expect(await rows.locator('th').allTextContents()).toEqual([...data.xValues].reverse())
+    expect(await rows.locator('td:nth-of-type(1)').allTextContents()).toEqual((data.series[0] as (number | null)[]).map(shown).reverse())
+    expect(await rows.locator('td:nth-of-type(2)').allTextContents()).toEqual((data.series[1] as (number | null)[]).map(shown).reverse())
+    expect(await page.getByTestId('realtime-latest-1').textContent()).toBe(shown(data.series[1][data.series[1].length - 1]))
+  }).toPass({ timeout: 90_000 })
+  await expect(page.getByTestId('realtime-table').locator('thead th')).toHaveText(['time', 'Today', 'Yesterday'])
+  await shot('realtime')
+})
+
+test('user activity: a funnel step’s user, the search box and the event stream equal the API', async () => {
+  await page.goto(`/#/funnel?d=${encodeURIComponent(JSON.stringify({ steps: expected.steps, window: String(expected.window), mode: 'ordered', groupBy: null, start: START, end: END }))}`)
+  await page.getByTestId('funnel-bar-0-2').click()
+  const first = page.getByTestId('step-user').first()
+  const actor = (await first.textContent())!.trim()
+  await first.click()
+  const act = await apiRaw('/api/2/useractivity', [['user', actor], ['offset', '0'], ['limit', '50']])
+  expect(act.status, JSON.stringify(act.body)).toBe(200)
+  const events = act.body.events as { event_type: string; event_time: string }[]
+  expect(events.length).toBeGreaterThan(0)
+  // the user reached step 3: their stream holds the funnel's three events
+  for (const s of expected.steps) expect(events.map((e) => e.event_type)).toContain(s)
+  const panel = page.getByTestId('step-user-stream')
+  await expect(panel.getByTestId('activity-event')).toHaveText(events.map((e) => e.event_type))
+  await expect(panel.getByTestId('activity-time')).toHaveText(events.map((e) => e.event_time))
+  await expect(panel.getByTestId('user-data-num_events')).toHaveText(String(act.body.userData.num_events))
+
+  // the user activity page: search by the user's user_id, pick the match, same stream
+  const userId = String(act.body.userData.user_id ?? actor)
+  await page.getByTestId('open-user').click()
+  await expect(page.getByTestId('page-people')).toBeVisible()
+  await expect(page.getByTestId('activity-event')).toHaveText(events.map((e) => e.event_type))
+  await page.getByTestId('nav-people').click()
+  await expect(page.getByTestId('state-idle')).toBeVisible()
+  await page.getByTestId('user-search').fill(userId)
+  await page.getByTestId('user-search-go').click()
+  const search = await apiRaw('/api/2/usersearch', [['user', userId]])
+  expect(search.status).toBe(200)
+  const matches = search.body.matches as { user_id: string | null; amplitude_id: string }[]
+  expect(matches.map((m) => String(m.amplitude_id))).toContain(actor)
+  await expect(page.getByTestId('user-match')).toHaveCount(matches.length)
+  await page.getByTestId('user-match').filter({ hasText: `#${actor}` }).click()
+  await expect(page.getByTestId('activity-event')).toHaveText(events.map((e) => e.event_type))
+  await expect(page.getByTestId('user-data-user_id')).toHaveText(userId)
+  await shot('user-activity')
+  // paging: the next page is the API's offset=50
+  if (act.body.userData.num_events > 50) {
+    const next = await apiRaw('/api/2/useractivity', [['user', actor], ['offset', '50'], ['limit', '50']])
+    await page.getByTestId('activity-older').click()
+    await expect(page.getByTestId('activity-event')).toHaveText((next.body.events as { event_type: string }[]).map((e) => e.event_type))
+  }
+  // nobody matches: the empty state
+  await page.getByTestId('user-search').fill('no-such-user-\u2603')
+  await page.getByTestId('user-search-go').click()
+  await expect(page.getByTestId('state-empty')).toHaveText('No user matches.')
+})
 
 test('save a chart, put it on a dashboard, reload: still there', async ({ browser }) => {
   await page.goto(`/#/funnel?d=${encodeURIComponent(JSON.stringify({ steps: expected.steps, window: String(expected.window), mode: 'ordered', groupBy: null, start: START, end: END }))}`)
@@ -250,10 +359,32 @@ test('phone width: the funnel page fits and the menu opens', async () => {
   await expect(page.getByTestId('nav-retention')).toBeVisible()
   // on a phone, tapping event cards adds them as steps (no drag needed)
   await page.getByTestId('nav-retention').click()
+  // (let the retention page render first: a funnel page never left keeps its steps)
+  await expect(page.getByTestId('page-retention')).toBeVisible()
   await page.goto('/#/funnel')
   for (const s of expected.steps) await page.getByTestId(`palette-${s}`).click()
   for (const [i, s] of expected.steps.entries()) await expect(page.getByTestId(`step-${i}`)).toContainText(s)
   await expect(page.getByTestId('step-3')).toHaveCount(0)
+  // the other pages fit a phone too (wide tables scroll inside their box, not the page)
+  const pages: [string, string][] = [
+    ['lifecycle', 'lifecycle-chart'],
+    ['stickiness', 'stickiness-chart'],
+    ['realtime', 'realtime-chart'],
+    ['people', 'user-search'],
+  ]
+  for (const [name, testId] of pages) {
+    const d = name === 'lifecycle' || name === 'stickiness' ? `?d=${encodeURIComponent(JSON.stringify({ start: START, end: END }))}` : ''
+    await page.goto(`/#/${name}${d}`)
+    await expect(page.getByTestId(testId)).toBeVisible()
+    expect(await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth)).toBeLessThanOrEqual(1)
+    await shot(`${name}-phone`)
+  }
+  // one user's profile and stream on a phone: the wide event table scrolls inside its box
+  const someone = (await apiRaw('/api/2/usersearch', [['user', 'user']])).body.matches[0].amplitude_id as string
+  await page.goto(`/#/people?u=${encodeURIComponent(someone)}`)
+  await expect(page.getByTestId('user-activity')).toBeVisible()
+  expect(await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth)).toBeLessThanOrEqual(1)
+  await shot('user-activity-phone')
   await page.setViewportSize({ width: 1280, height: 800 })
 })
 

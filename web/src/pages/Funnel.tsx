@@ -14,6 +14,7 @@ import {
 import { SortableContext, arrayMove, sortableKeyboardCoordinates, useSortable, verticalListSortingStrategy } from '@dnd-kit/sortable'
 import { CSS } from '@dnd-kit/utilities'
 import { get, query, type Vocabulary } from '../api'
+import { UserStream } from './People'
 import { DateRange, PropertySelect, Select, StateView, compact, daysAgo, fmtDuration, useAsync, type Prop } from '../components'
 
 export interface FunnelDef {
@@ -155,63 +156,52 @@ export function FunnelBars({ groups, onStep }: { groups: FunnelGroup[]; onStep?:
   )
 }
 
-interface ActivityEvent {
-  event_type: string
-  event_time: string
-}
-
 function StepUsers({ def, step, onClose }: { def: FunnelDef; step: number; onClose: () => void }) {
   const params = { ...funnelParams(def), step: String(step + 1) }
-  const users = useAsync<{ users: string[] }>(JSON.stringify(params), () => get('/api/web/funnel-users', params))
+  const users = useAsync<{ users: string[]; total: number }>(JSON.stringify(params), () => get('/api/web/funnel-users', params))
   const [user, setUser] = useState<string | null>(null)
-  const activity = useAsync<{ events: ActivityEvent[] }>(user, async () => {
-    const r = await get<{ events?: ActivityEvent[]; userData?: unknown }>('/api/2/useractivity', { user: user! })
-    return { events: r.events ?? [] }
-  })
   return (
-    <aside className="panel" data-testid="step-users">
-      <header>
-        <h3>Users who reached step {step + 1}</h3>
-        <button className="link" onClick={onClose}>
-          close
-        </button>
-      </header>
-      <StateView value={users} isEmpty={(u) => u.users.length === 0} empty="No users reached this step.">
-        {(u) => (
-          <ul className="user-list">
-            {u.users.map((id) => (
-              <li key={id}>
-                <button className="link" onClick={() => setUser(id)} data-testid="step-user">
-                  {id}
-                </button>
-              </li>
-            ))}
-          </ul>
-        )}
-      </StateView>
-      {user && (
-        <StateView value={activity} isEmpty={(a) => a.events.length === 0} empty="No events for this user.">
-          {(a) => (
-            <table data-testid="user-activity">
-              <thead>
-                <tr>
-                  <th>time</th>
-                  <th>event</th>
-                </tr>
-              </thead>
-              <tbody>
-                {a.events.slice(0, 200).map((e, i) => (
-                  <tr key={i}>
-                    <td>{e.event_time}</td>
-                    <td>{e.event_type}</td>
-                  </tr>
+    <>
+      <aside className="panel" data-testid="step-users">
+        <header>
+          <h3>Users who reached step {step + 1}</h3>
+          <button className="link" onClick={onClose}>
+            close
+          </button>
+        </header>
+        <StateView value={users} isEmpty={(u) => u.users.length === 0} empty="No users reached this step.">
+          {(u) => (
+            <>
+              {u.total > u.users.length && (
+                <p className="hint" data-testid="step-users-more">
+                  the first {u.users.length} of {u.total}
+                </p>
+              )}
+              <ul className="user-list">
+                {u.users.map((id) => (
+                  <li key={id}>
+                    <button className={`link ${user === id ? 'active' : ''}`} onClick={() => setUser(id)} data-testid="step-user">
+                      {id}
+                    </button>
+                  </li>
                 ))}
-              </tbody>
-            </table>
+              </ul>
+            </>
           )}
         </StateView>
+      </aside>
+      {user && (
+        <section className="step-stream" data-testid="step-user-stream">
+          <h3>
+            Events of {user}{' '}
+            <a href={`#/people?u=${encodeURIComponent(user)}`} data-testid="open-user">
+              open in user activity
+            </a>
+          </h3>
+          <UserStream user={user} />
+        </section>
       )}
-    </aside>
+    </>
   )
 }
 

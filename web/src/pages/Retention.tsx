@@ -1,5 +1,5 @@
 import { get, type Vocabulary } from '../api'
-import { DateRange, EventSelect, Select, StateView, compact, daysAgo, useAsync } from '../components'
+import { DataTable, DateRange, EventSelect, Select, StateView, compact, daysAgo, useAsync, type Column } from '../components'
 
 export interface RetDef {
   start_event: string
@@ -35,47 +35,45 @@ function heat(p: number): string {
 
 export function RetentionGrid({ series }: { series: RetSeries }) {
   const width = Math.max(0, ...Object.values(series.values).map((v) => v.length))
+  const cellOf = (date: string, k: number): Cell | undefined => series.values[date]?.[k]
+  const share = (c: Cell | undefined) => (c && c.outof ? c.count / c.outof : 0)
+  const columns: Column<string>[] = [
+    { key: 'cohort', header: 'cohort', cell: (date) => date },
+    { key: 'users', header: 'users', cell: (date) => cellOf(date, 0)?.count ?? 0, attrs: () => ({ 'data-testid': 'cohort-size' }) },
+    ...Array.from({ length: Math.max(width - 1, 0) }, (_, j): Column<string> => ({
+      key: `k${j + 1}`,
+      header: `+${j + 1}`,
+      cell: (date) => {
+        const c = cellOf(date, j + 1)
+        return c ? (
+          <>
+            {(share(c) * 100).toFixed(1)}%<small>{c.count}</small>
+          </>
+        ) : null
+      },
+      attrs: (date) => {
+        const c = cellOf(date, j + 1)
+        if (!c) return {}
+        const p = share(c)
+        return {
+          'data-testid': `retention-cell-${date}-${j + 1}`,
+          'data-count': c.count,
+          className: c.incomplete ? 'incomplete' : '',
+          style: { background: heat(p), color: p > 0.55 ? 'white' : undefined },
+          title: `${c.count} of ${c.outof}${c.incomplete ? ' (incomplete)' : ''}`,
+        }
+      },
+    })),
+  ]
   return (
-    <div className="table-wrap">
-      <table className="retention" data-testid="retention-grid">
-        <thead>
-          <tr>
-            <th>cohort</th>
-            <th>users</th>
-            {Array.from({ length: Math.max(width - 1, 0) }, (_, k) => (
-              <th key={k}>{`${series.dates.length && width ? '' : ''}+${k + 1}`}</th>
-            ))}
-          </tr>
-        </thead>
-        <tbody>
-          {series.dates.map((date) => {
-            const row = series.values[date] ?? []
-            const size = row[0]?.count ?? 0
-            return (
-              <tr key={date} data-testid={`retention-row-${date}`}>
-                <th>{date}</th>
-                <td data-testid="cohort-size">{size}</td>
-                {row.slice(1).map((c, k) => {
-                  const p = c.outof ? c.count / c.outof : 0
-                  return (
-                    <td
-                      key={k}
-                      data-testid={`retention-cell-${date}-${k + 1}`}
-                      data-count={c.count}
-                      className={c.incomplete ? 'incomplete' : ''}
-                      style={{ background: heat(p), color: p > 0.55 ? 'white' : undefined }}
-                      title={`${c.count} of ${c.outof}${c.incomplete ? ' (incomplete)' : ''}`}
-                    >
-                      {(p * 100).toFixed(1)}%<small>{c.count}</small>
-                    </td>
-                  )
-                })}
-              </tr>
-            )
-          })}
-        </tbody>
-      </table>
-    </div>
+    <DataTable
+      columns={columns}
+      rows={series.dates}
+      rowKey={(d) => d}
+      rowTestId={(d) => `retention-row-${d}`}
+      testId="retention-grid"
+      className="retention"
+    />
   )
 }
 
