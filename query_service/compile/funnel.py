@@ -75,6 +75,7 @@ def funnel_paths_sql(q: FunnelQuery, b: Binder) -> str:
     s0, s1 = b.bind(start_ms, "Int64"), b.bind(end_ms, "Int64")
     window = b.bind(q.window_s * 1000, "Int64")
     zone = b.bind(tz, "String")
+    steps_n = b.bind(n, "UInt8")
     return f"""
 WITH per_actor AS (
     SELECT actor_id, evs, {funnel_paths_expr(q.mode, "evs.1", "evs.3", steps_n, window)} AS fp
