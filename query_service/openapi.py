@@ -31,6 +31,39 @@ def _op(summary: str, extra: list[dict[str, Any]]) -> dict[str, Any]:
                                                          "retry_after}, Retry-After header"}}}}
 
 
+def _sql_op() -> dict[str, Any]:
+    err = {"type": "object", "properties": {"code": {"type": "integer"}, "error": {"type": "string"},
+                                            "parameter": {"type": "string"}}}
+    return {"post": {
+        "summary": "Read-only SQL over the caller's project (ClickHouse dialect, FUNNEL() and RETENTION())",
+        "description": "SELECT / WITH … SELECT / EXPLAIN only; tables: events (deduplicated, bots excluded) and the "
+                       "dbt marts, each scoped to the caller's project; no table functions, system.*, other "
+                       "databases, SETTINGS, FORMAT, INTO OUTFILE. FUNNEL(<window>, <cond1>, …[, "
+                       "'ordered'|'unordered'|'sequential']) → level 0…N; RETENTION(<start>, <return>, <N>[, "
+                       "'n-day'|'rolling']) → 0/1; projectTimezone(). Limits: SQL_MAX_EXECUTION_TIME, "
+                       "SQL_MAX_MEMORY_USAGE, SQL_MAX_RESULT_ROWS.",
+        "security": [{"basic": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["query"], "additionalProperties": False,
+            "properties": {"query": {"type": "string"},
+                           "params": {"type": "object", "description": "values of {name:Type} placeholders"}}}}}},
+        "responses": {
+            "200": {"description": "ClickHouse's JSON output format plus cache fields", "content": {"application/json": {
+                "schema": {"type": "object", "properties": {
+                    "meta": {"type": "array", "items": {"type": "object", "properties": {
+                        "name": {"type": "string"}, "type": {"type": "string"}}}},
+                    "data": {"type": "array", "items": {"type": "object"}},
+                    "rows": {"type": "integer"}, "statistics": {"type": "object"},
+                    "is_cached": {"type": "boolean"}, "computed_at": {"type": "string", "format": "date-time"},
+                    "data_version": {"type": ["string", "null"]}}}}}},
+            "400": {"description": "not a read-only SELECT, bad syntax, a missing parameter or a limit exceeded",
+                    "content": {"application/json": {"schema": err}}},
+            "401": {"description": "missing or wrong api_key:secret_key"},
+            "403": {"description": "a table, database or function the caller may not read",
+                    "content": {"application/json": {"schema": err}}},
+            "503": {"description": "ClickHouse cannot answer now"}}}}
+
+
 def spec() -> dict[str, Any]:
     e = {"name": "e", "in": "query", "required": True, "schema": {"type": "string"},
          "description": 'event JSON {"event_type", "filters":[{"subprop_type","subprop_key","subprop_op","subprop_value"}], '
@@ -61,6 +94,7 @@ def spec() -> dict[str, Any]:
             "/api/2/users": _op("Active or new users", [
                 {"name": "m", "in": "query", "schema": {"type": "string", "enum": ["active", "new"]}}, i]),
             **_insights(),
+            "/api/sql": _sql_op(),  # issue 14: query_service/sql_api.py
         },
     }
 
@@ -121,6 +155,7 @@ def docs_html() -> str:
     rows = "".join(
         f"<li><code>GET {path}</code> — {op['get']['summary']}: "
         + ", ".join(f"<code>{p['name']}</code>" for p in op["get"]["parameters"]) + "</li>"
+        if "get" in op else f"<li><code>POST {path}</code> — {op['post']['summary']}</li>"
         for path, op in spec()["paths"].items()
     )
     return ("<!doctype html><title>eventpipe query API</title><h1>eventpipe query API</h1>"

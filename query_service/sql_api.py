@@ -14,7 +14,8 @@ server's own read-only rules apply on top of the rewrite, and days past ``CLICKH
 only) are not visible to SQL.
 
 Seams for a result cache (``q-cache``): :func:`prepare` → ``Rewritten.normalized`` (a canonical text, the cache
-key's query part), :func:`reads` → what the query reads, :func:`execute_sql` → the response dict.
+key's query part), :func:`reads` / :func:`read_partitions` → what the query reads, :func:`execute_sql` (or
+:func:`sql_executor`, bound to the engine and limits) → the response dict; ``sql_route(…, wrap=)`` decorates it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from functools import partial
 from typing import Any, Literal
 
 import orjson
@@ -115,6 +117,12 @@ def reads(prepared: Rewritten, project: str) -> dict[str, Literal["all"]]:
     return {table: "all" for table in sorted(prepared.tables)}
 
 
+def read_partitions(prepared: Rewritten, project: str) -> tuple[tuple[str, date], ...] | Literal["all"]:
+    """The (project, UTC day) partitions of ``analytics.events`` and the marts the query reads: none for a query
+    reading no table, else ``"all"`` (not derived from the SQL, see :func:`reads`)."""
+    return () if not prepared.tables else "all"
+
+
 def _bind(prepared: Rewritten, project: str, tz: str, params: dict[str, ParamValue]) -> dict[str, Any] | None:
     missing = sorted(prepared.params - set(params))
     if missing:
@@ -159,16 +167,26 @@ def execute_sql(engine: Any, limits: SqlLimits, project: str, tz: str, normalize
     return out
 
 
-def sql_route(settings: Settings, engine: Any, guarded: Guard) -> Route:
-    """``POST /api/sql`` behind the app's auth (``guarded`` turns ParamError into 400, QueryFailed into 503)."""
-    limits = SqlLimits.from_settings(settings)
+Executor = Callable[[str, str, str, dict[str, ParamValue]], dict[str, Any]]  # (project, tz, normalized, params)
+
+
+def sql_executor(settings: Settings, engine: Any) -> Executor:
+    """:func:`execute_sql` bound to the engine and the SQL limits: what a cache wraps."""
+    return partial(execute_sql, engine, SqlLimits.from_settings(settings))
+
+
+def sql_route(settings: Settings, engine: Any, guarded: Guard, wrap: Callable[[Executor], Executor] | None = None) -> Route:
+    """``POST /api/sql`` behind the app's auth (``guarded`` turns ParamError into 400, QueryFailed into 503);
+    ``wrap`` decorates the executor (a result cache keyed on project, tz, normalized SQL, params and
+    :func:`reads`)."""
+    run = sql_executor(settings, engine)
+    run = wrap(run) if wrap is not None else run
 
     async def handler(request: Request, scope: Any) -> Response:
         query, params = parse_body(await request.body())
         try:
             normalized = prepare(query, engine.database).normalized
-            result = await run_in_threadpool(execute_sql, engine, limits, scope.project, scope.timezone, normalized,
-                                             params)
+            result = await run_in_threadpool(run, scope.project, scope.timezone, normalized, params)
         except (SqlRefused, SqlFailed) as exc:
             body = {"code": exc.status, "error": exc.message, "parameter": "query"}
             return Response(orjson.dumps(body), status_code=exc.status, media_type="application/json")

@@ -17,6 +17,9 @@ Everything is decided on sqlglot's ClickHouse-dialect syntax tree, never on the 
   mart: ``(SELECT * FROM <db>.<table> AS __ep_src WHERE __ep_src.project = {_ep_project:String} …) AS <alias>``,
   in subqueries, CTEs, joins and unions alike. The filter's columns are qualified, so no alias of the query can
   shadow them.
+  WHERE conjuncts reading only ``event_time``, right over ``events`` (its only source), are also applied inside
+  that source, before the deduplication: the typed endpoints bound their source the same way, and the scan
+  is then bounded (partition pruning) instead of deduplicating the project's whole history.
 
 Custom aggregate functions (rewritten to plain ClickHouse SQL over the group's ``event_time``/``insert_id``;
 events ordered by (event_time, insert_id), as the typed endpoints order them):
@@ -24,7 +27,7 @@ events ordered by (event_time, insert_id), as the typed endpoints order them):
 * ``FUNNEL(<window>, <cond1>, …, <condN>[, 'ordered'|'unordered'|'sequential'])`` (any case) → UInt8, the level
   0…N of the actor's most complete path: over every entry event (``cond1`` true on it) the number of steps its
   path reaches within ``<window>`` after it, by the rules of ``query_service/compile/funnel.py`` (the very same
-  fold, :func:`query_service.compile.funnel.path_times_sql`); ``<window>`` is ``INTERVAL n
+  shared functions, :func:`eventpipe_core.funnel_sql.funnel_paths_expr`); ``<window>`` is ``INTERVAL n
   DAY|HOUR|MINUTE|SECOND`` or a number of seconds (a step exactly at the limit counts). The typed endpoint's
   range rule (entries inside [start, end], later steps up to the window after ``end``) is written as a condition
   on the entry plus a WHERE reading up to ``end`` + window.
@@ -33,6 +36,7 @@ events ordered by (event_time, insert_id), as the typed endpoints order them):
   the local day (project time zone) of its first start event, a return event on day cohort+N (``n-day``,
   default) or on any day ≥ cohort+N (``rolling``); ``N = 0`` → 1 for every actor with a start event.
   As ``query_service/compile/retention.py`` for daily intervals.
+* ``projectTimezone()`` → the project's time zone (String), e.g. ``toDate(event_time, projectTimezone())``.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ with warnings.catch_warnings():  # another package's optional sqlglotrs warns on
     from sqlglot.errors import ParseError, TokenError
     from sqlglot.tokens import Token, TokenType
 
-from query_service.compile.funnel import path_times_sql
+from eventpipe_core.funnel_sql import funnel_paths_expr
 
 DIALECT = "clickhouse"
 EVENTS_TABLE = "events"
@@ -72,7 +76,9 @@ DENIED_FUNCTIONS = frozenset(
      "cluster", "clusterallreplicas", "mysql", "postgresql", "mongodb", "redis", "sqlite", "jdbc", "odbc", "input",
      "executable", "iceberg", "deltalake", "hudi", "merge", "joinget", "joingetornull", "hascolumnintable",
      "catboostevaluate", "filecluster", "urlcluster", "loop", "view", "viewifpermitted", "getsubcolumn",
-     "getmacro", "displayname", "fqdn", "hostname", "getserverport", "uptime", "buildid"}
+     "getmacro", "displayname", "fqdn", "hostname", "getserverport", "uptime", "buildid",
+     # IN's function forms take a table name as their second argument
+     *(f"{g}{n}in{i}" for g in ("", "global") for n in ("", "null", "notnull", "not") for i in ("", "ignoreset"))}
 )  # fmt: skip
 _DENIED_PREFIXES = ("dict", "s3", "hdfs", "azure", "iceberg", "deltalake", "hudi", "remote")
 
@@ -186,7 +192,7 @@ def _check_tree(root: exp.Expression, database: str) -> tuple[list[exp.Table], s
             raise _refuse(f"names starting with {RESERVED_PREFIX} or __ep are reserved: {node.name[:60]}")
         if isinstance(node, exp.CTE) and not node.args.get("scalar") and node.alias_or_name in TABLES:
             raise _refuse(f"a CTE may not be named {node.alias_or_name!r}: it would shadow that table")
-        if isinstance(node, exp.In) and node.args.get("field") is not None:
+        if isinstance(node, exp.In) and (node.args.get("field") is not None or _names_a_table(node.expressions)):
             raise _refuse("write `x IN (SELECT …)` or `x IN (values…)`, not `x IN <table>`")
         if isinstance(node, exp.Func):
             fname = _function_name(node).lower()
@@ -197,6 +203,16 @@ def _check_tree(root: exp.Expression, database: str) -> tuple[list[exp.Table], s
             if scoped_table is not None:
                 scoped.append(scoped_table)
     return scoped, params
+
+
+def _names_a_table(items: list[exp.Expression]) -> bool:
+    """``x IN (t)``: ClickHouse reads a lone identifier on IN's right side as a table."""
+    if len(items) != 1:
+        return False
+    item = items[0]
+    while isinstance(item, exp.Paren | exp.Tuple) and len(item.expressions or [item.this]) == 1:
+        item = item.this if isinstance(item, exp.Paren) else item.expressions[0]
+    return isinstance(item, exp.Column | exp.Identifier | exp.Dot)
 
 
 def _check_table(node: exp.Table, database: str) -> exp.Table | None:
@@ -228,6 +244,29 @@ def _scoped_source(table: str, database: str) -> str:
         return (f"SELECT * FROM {src} WHERE {where} AND {SRC_ALIAS}.is_bot = 0"
                 f" ORDER BY {SRC_ALIAS}.received_at, {SRC_ALIAS}.event_time LIMIT 1 BY {SRC_ALIAS}.insert_id")
     return f"SELECT * FROM {src} WHERE {where}"
+
+
+def _time_bounds(table: exp.Table, alias: str) -> list[exp.Expression]:
+    """The conjuncts of the WHERE right over ``events`` (its only source) that read nothing but ``event_time``,
+    rewritten onto the source's column: applied before the deduplication too — what the typed endpoints do
+    (their source is bounded in time, then deduplicated) — so the scan is bounded and can skip partitions."""
+    from_ = table.parent
+    select = from_.parent if isinstance(from_, exp.From) else None
+    if not isinstance(select, exp.Select) or select.args.get("joins") or select.args.get("where") is None:
+        return []
+    cond = select.args["where"].this
+    out = []
+    for conj in (cond.flatten() if isinstance(cond, exp.And) else [cond]):
+        cols = list(conj.find_all(exp.Column))
+        if not cols or any(c.name != "event_time" or c.table not in ("", alias) or c.args.get("db") for c in cols):
+            continue
+        if conj.find(exp.Subquery, exp.Select, exp.AggFunc, exp.Window, exp.Lambda) is not None:
+            continue
+        copy = conj.copy()
+        for c in list(copy.find_all(exp.Column)):
+            c.replace(exp.column("event_time", table=SRC_ALIAS))
+        out.append(copy)
+    return out
 
 
 def _literal_int(node: exp.Expression, what: str) -> int:
@@ -268,13 +307,13 @@ def _sql(node: exp.Expression) -> str:
 
 
 def funnel_sql(window_s: int, conds: list[str], mode: str) -> str:
-    """FUNNEL's aggregate: the actor's events as (ms, insert_id, step bitmask) sorted, folded from each entry."""
+    """FUNNEL's aggregate: the group's events as (ms, insert_id, step bitmask) sorted, every entry's path from the
+    shared funnel functions (the typed endpoint's and the marts'), the longest path's length."""
     n = len(conds)
     mask = " + ".join(f"if({c}, {1 << k}, 0)" for k, c in enumerate(conds))
-    times = path_times_sql(mode, n, f"toInt64({window_s * 1000})")
-    evs = f"arraySort(x -> (x.1, x.2), groupArray((toUnixTimestamp64Milli(event_time), insert_id, toUInt32({mask}))))"
-    per_entry = f"if(bitTest(evs[i0].3, 0), arrayMap(t0 -> length({times}), [evs[i0].1])[1], 0)"
-    return f"toUInt8(arrayMap(evs -> arrayMax(arrayPushBack(arrayMap(i0 -> {per_entry}, arrayEnumerate(evs)), 0)), [{evs}])[1])"
+    evs = f"arraySort(x -> (x.1, x.2), groupArray((toUnixTimestamp64Milli(event_time), insert_id, toUInt64({mask}))))"
+    paths = funnel_paths_expr(mode, "evs.1", "evs.3", n, f"toInt64({window_s * 1000})")
+    return f"toUInt8(arrayMap(evs -> arrayMax(arrayPushBack(arrayMap(p -> length(p), {paths}), 0)), [{evs}])[1])"
 
 
 def retention_sql(start: str, ret: str, n: int, mode: str) -> str:
@@ -310,7 +349,14 @@ def _expand_custom(root: exp.Expression) -> exp.Expression:
             return sqlglot.parse_one(retention_sql(_sql(rest[0]), _sql(rest[1]), n, mode), read=DIALECT)
         return node
 
-    return root.transform(expand)
+    def project_tz(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Anonymous) and node.name.lower() == "projecttimezone":
+            if node.expressions:
+                raise _refuse("projectTimezone() takes no arguments")
+            return exp.Placeholder(this=TZ_PARAM, kind=exp.DataType.build("String"))
+        return node
+
+    return root.transform(project_tz).transform(expand)  # first: FUNNEL's conditions are re-parsed text
 
 
 def rewrite(sql: str, database: str) -> Rewritten:
@@ -329,11 +375,16 @@ def rewrite(sql: str, database: str) -> Rewritten:
     normalized_query = query.sql(DIALECT)
     tables, params = _check_tree(query, database)
     read = frozenset(t.name for t in tables)
+    # an alias named event_time could be what a WHERE's `event_time` means: then nothing is pushed down
+    shadowed = any(a.alias == "event_time" for a in query.find_all(exp.Alias, exp.CTE))
     for table in tables:
         alias = table.alias or table.name
-        sub = exp.Subquery(this=sqlglot.parse_one(_scoped_source(table.name, database), read=DIALECT),
-                           alias=exp.TableAlias(this=exp.to_identifier(alias)))
-        table.replace(sub)
+        inner = sqlglot.parse_one(_scoped_source(table.name, database), read=DIALECT)
+        if table.name == EVENTS_TABLE and not shadowed:
+            for cond in _time_bounds(table, alias):
+                assert isinstance(inner, exp.Select)
+                inner.where(cond, copy=False)
+        table.replace(exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias))))
     query = _expand_custom(query)
     prefix = "EXPLAIN " + (kind + " " if kind else "") if explain else ""
     return Rewritten(normalized=prefix + normalized_query, sql=prefix + query.sql(DIALECT), tables=read,

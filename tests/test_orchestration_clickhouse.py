@@ -77,6 +77,26 @@ def test_hour_swap_replaces_and_empty_hour_clears(chserver: ChServer, database) 
     assert client.command(f"SELECT count() FROM {name}.events") == 1  # the other hour untouched
 
 
+def test_existing_legacy_table_keeps_its_layout_and_loads(chserver: ChServer, database) -> None:  # noqa: ANN001
+    """A deployment created before the actor layout: ensure_schema leaves its table alone, hour loads still swap."""
+    name, client = database
+    settings = load_settings(clickhouse_url=chserver.clickhouse_url.rsplit("/", 1)[0] + f"/{name}")
+    for sql in SchemaPlan(name, None, 90, layout="legacy").statements():
+        client.command(sql)
+    plan = ensure_schema(client, settings)
+    assert plan.layout == "legacy"
+    key = f"SELECT sorting_key FROM system.tables WHERE database = '{name}' AND name = 'events'"
+    assert client.command(key) == "project, event_type, event_time, insert_id"
+    hour = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    table = enrich_hour(pa.Table.from_pylist([raw_row(i, hour) for i in "abc"], schema=RAW_EVENT_SCHEMA), hour_start=hour).table
+    fresh = SchemaPlan(name, None, 90)  # what the Dagster resource holds: the new layout, adapted at load time
+    assert load_hour(client, fresh, hour, to_parquet_bytes(table), table.num_rows) == 3
+    client.command(f"DROP TABLE {name}.events")
+    assert ensure_schema(client, settings).layout == "actor"  # a new table gets the actor layout
+    assert client.command(key) == "project, actor_id, event_time, insert_id"
+    assert load_hour(client, fresh, hour, to_parquet_bytes(table), table.num_rows) == 3
+
+
 def test_cluster_layout_ddl() -> None:
     plan = SchemaPlan(database="analytics", cluster="main", ttl_days=30)
     sql = "\n".join(plan.statements())

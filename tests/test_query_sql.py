@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -16,6 +17,8 @@ from zoneinfo import ZoneInfo
 import clickhouse_connect
 import pytest
 import sqlglot
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlglot import exp
 from starlette.testclient import TestClient
 
@@ -23,9 +26,15 @@ from eventpipe_core.metadata import MetadataStore
 from eventpipe_core.metadata.projects_settings import set_timezone
 from eventpipe_core.metadata.secrets import create_key_with_secret
 from eventpipe_core.settings import load_settings
+from query_service import params as P
 from query_service import sql_rewrite as R
 from query_service.app import create_app
+from query_service.compile import funnel as F
+from query_service.compile import retention as RC
+from query_service.engine import Engine
+from query_service.sql_api import SqlLimits, execute_sql, prepare
 from tests import query_reference as ref
+from tests import test_query_properties as qp
 from tests.chserver_support import ChServer
 from tests.query_support import TTL_DAYS, insert_append, load_events
 
@@ -106,7 +115,9 @@ def api(chserver: ChServer, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     set_timezone(store, "shop", TZ)
     small = create_app(load_settings(**common, sql_max_result_rows=50, sql_max_execution_time=7), store=store)
     with TestClient(create_app(settings, store=store)) as tc, TestClient(small) as tc_small:
-        yield {"client": tc, "small": tc_small, "auth": (key, secret), "shop": shop, "other": other, "writer": client}
+        yield {"client": tc, "small": tc_small, "auth": (key, secret), "shop": shop, "other": other, "writer": client,
+               "engine": Engine(chserver.host, chserver.port, "reader", "reader", DB),
+               "limits": SqlLimits.from_settings(settings)}
     store.dispose()
     admin.command(f"DROP DATABASE IF EXISTS {DB}")
 
@@ -121,8 +132,8 @@ def rows(api: dict[str, Any], query: str, params: dict[str, Any] | None = None) 
     return r.json()["data"]
 
 
-def ms(day: date) -> int:
-    return int(datetime.combine(day, datetime.min.time(), tzinfo=ZoneInfo(TZ)).timestamp() * 1000)
+def ms(day: date, tz: str = TZ) -> int:
+    return int(datetime.combine(day, datetime.min.time(), tzinfo=ZoneInfo(tz)).timestamp() * 1000)
 
 
 # --- shape, scoping ----------------------------------------------------------------------------------------
@@ -156,6 +167,8 @@ def test_every_table_reference_is_the_callers_project(api: dict[str, Any]) -> No
     joined = rows(api, "SELECT s.actor_id AS a, count() AS n FROM fct_sessions AS s JOIN events USING (actor_id)"
                        " GROUP BY a ORDER BY a")
     assert [j["a"] for j in joined] == ["u1", "u2"]
+    # a CTE named like a table of the database is the CTE (ClickHouse resolves CTEs first)
+    assert rows(api, "WITH secret_stuff AS (SELECT 'x' AS v) SELECT v FROM secret_stuff") == [{"v": "x"}]
     # a scalar WITH named like the filter's column does not change the filter
     assert int(rows(api, "WITH 'other' AS project SELECT count() AS n FROM events")[0]["n"]) == shop_n
     # the reserved parameters cannot be overridden from the body
@@ -189,6 +202,15 @@ def test_every_table_reference_is_the_callers_project(api: dict[str, Any]) -> No
     ("SELECT * FROM secret_stuff AS events", 403),  # an alias trick
     ("SELECT * FROM (SELECT * FROM system.tables) AS events", 403),
     ("SELECT 1 WHERE 's3cr3t' IN secret_stuff", 400),
+    ("SELECT 's3cr3t' IN (secret_stuff)", 400),  # a lone name on IN's right side is a table
+    ("SELECT 1 WHERE 's3cr3t' NOT IN ((t_sqlapi.secret_stuff))", 400),
+    ("SELECT globalIn('s3cr3t', secret_stuff)", 403),  # IN's function form
+    ("SELECT (SELECT max(v) FROM secret_stuff)", 403),  # a scalar subquery
+    ("WITH (SELECT max(v) FROM secret_stuff) AS x SELECT x", 403),
+    ("SELECT * FROM events, secret_stuff", 403),
+    ("SELECT * FROM events AS e LEFT ANY JOIN `secret_stuff` AS s ON 1", 403),
+    ("SELECT * FROM merge('t_sqlapi', '.*')", 403),
+    ("SELECT * FROM `system`.`one`", 403),
     ("SELECT * FROM {t:Identifier}", 400),
     ("SELECT {_ep_project:String}", 400),
     ("SELECT count() FROM events AS __ep_src", 400),
@@ -217,8 +239,10 @@ def test_bad_requests(api: dict[str, Any]) -> None:
 
 
 def test_limits_from_settings(api: dict[str, Any]) -> None:
-    got = rows(api, "SELECT getSetting('max_execution_time') AS t, getSetting('max_result_rows') AS r")
+    got = rows(api, "SELECT getSetting('max_execution_time') AS t, getSetting('max_result_rows') AS r,"
+                    " getSetting('readonly') AS ro")
     assert (int(got[0]["t"]), int(got[0]["r"])) == (30, 100_000)  # the defaults, sent with every query
+    assert int(got[0]["ro"]) > 0, got  # the read-only user: chserver locks its connection in readonly mode
     got = sql(api, "SELECT getSetting('max_execution_time') AS t", client="small").json()["data"]
     assert int(got[0]["t"]) == 7
     r = sql(api, "SELECT insert_id FROM events", client="small")  # more than 50 rows
@@ -236,9 +260,10 @@ def typed_funnel(api: dict[str, Any], steps: list[str], mode: str) -> list[int]:
     return r.json()["data"][0]["cumulativeRaw"]
 
 
-def sql_funnel(api: dict[str, Any], steps: list[str], mode: str, window: str) -> list[int]:
-    entry = f"event_type = '{steps[0]}' AND toDate(event_time, '{TZ}') BETWEEN toDate({{s:String}}) AND toDate({{e:String}})"
-    conds = ", ".join([entry] + [f"event_type = '{s}'" for s in steps[1:]])
+def funnel_query(steps: list[str], mode: str, window: str, tz: str = TZ) -> tuple[str, dict[str, Any]]:
+    """/api/2/funnels?start=START&end=END&cs=WINDOW_S as SQL: entries in the range, steps up to the window after it."""
+    entry = "event_type = '{}' AND toDate(event_time, projectTimezone()) BETWEEN toDate({{s:String}}) AND toDate({{e:String}})"
+    conds = ", ".join([entry.format(steps[0])] + [f"event_type = '{s}'" for s in steps[1:]])
     mode_arg = "" if mode == "ordered" else f", '{mode}'"
     q = f"""SELECT level, count() AS users FROM (
               SELECT actor_id, FUNNEL({window}, {conds}{mode_arg}) AS level FROM events
@@ -246,9 +271,17 @@ def sql_funnel(api: dict[str, Any], steps: list[str], mode: str, window: str) ->
                 AND event_time < fromUnixTimestamp64Milli({{hi:Int64}}, 'UTC')
               GROUP BY actor_id)
             WHERE level > 0 GROUP BY level ORDER BY level"""
-    hi = ms(END + timedelta(days=1)) + WINDOW_S * 1000 + 1  # entries in the range, steps up to the window after it
-    got = {int(d["level"]): int(d["users"]) for d in rows(api, q, {"s": str(START), "e": str(END), "lo": ms(START), "hi": hi})}
-    return [sum(n for lv, n in got.items() if lv >= k) for k in range(1, len(steps) + 1)]
+    hi = ms(END + timedelta(days=1), tz) + WINDOW_S * 1000 + 1
+    return q, {"s": str(START), "e": str(END), "lo": ms(START, tz), "hi": hi}
+
+
+def cumulative(data: list[dict[str, Any]], n: int) -> list[int]:
+    got = {int(d["level"]): int(d["users"]) for d in data}
+    return [sum(c for lv, c in got.items() if lv >= k) for k in range(1, n + 1)]
+
+
+def sql_funnel(api: dict[str, Any], steps: list[str], mode: str, window: str) -> list[int]:
+    return cumulative(rows(api, *funnel_query(steps, mode, window)), len(steps))
 
 
 @pytest.mark.parametrize("mode", ["ordered", "unordered", "sequential"])
@@ -262,6 +295,24 @@ def test_funnel_equals_typed_endpoint(api: dict[str, Any], mode: str, steps: lis
     assert typed == overall
 
 
+def retention_query(se: str, re: str, mode: str, n_max: int) -> str:
+    """/api/2/retention?se=…&re=…&i=1&start=START&end=END as SQL: per cohort day, the actors back on day N."""
+    start = f"event_type = '{se}' AND toDate(event_time, projectTimezone()) BETWEEN '{START}' AND '{END}'"
+    ret = "1" if re == "_all" else f"event_type = '{re}'"
+    cols = ", ".join(f"RETENTION({start}, {ret}, {n}, '{mode}') AS r{n}" for n in range(n_max + 1))
+    sums = ", ".join(f"sum(r{n}) AS r{n}" for n in range(n_max + 1))
+    return f"""SELECT toString(toDate(first, projectTimezone())) AS cohort, {sums} FROM (
+              SELECT actor_id, minIf(event_time, {start}) AS first, {cols} FROM events
+              WHERE event_time >= fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC')
+                AND event_time < fromUnixTimestamp64Milli({{hi:Int64}}, 'UTC')
+              GROUP BY actor_id HAVING countIf({start}) > 0)
+            GROUP BY cohort ORDER BY cohort"""
+
+
+def sql_retention(data: list[dict[str, Any]], n_max: int) -> dict[str, list[int]]:
+    return {d["cohort"]: [int(d[f"r{n}"]) for n in range(n_max + 1)] for d in data}
+
+
 @pytest.mark.parametrize("mode", ["n-day", "rolling"])
 def test_retention_equals_typed_endpoint(api: dict[str, Any], mode: str) -> None:
     r = api["client"].get("/api/2/retention", auth=api["auth"], params={
@@ -271,20 +322,59 @@ def test_retention_equals_typed_endpoint(api: dict[str, Any], mode: str) -> None
     values = r.json()["data"]["series"][0]["values"]
     n_max = 4
     typed = {d: [c["count"] for c in cells[: n_max + 1]] for d, cells in values.items()}
-    start = f"event_type = 'a' AND toDate(event_time, '{TZ}') BETWEEN '{START}' AND '{END}'"
-    cols = ", ".join(f"RETENTION({start}, event_type = 'b', {n}, '{mode}') AS r{n}" for n in range(n_max + 1))
-    sums = ", ".join(f"sum(r{n}) AS r{n}" for n in range(n_max + 1))
-    q = f"""SELECT toString(toDate(first, '{TZ}')) AS cohort, {sums} FROM (
-              SELECT actor_id, minIf(event_time, {start}) AS first, {cols} FROM events
-              WHERE event_time >= fromUnixTimestamp64Milli({{lo:Int64}}, 'UTC') GROUP BY actor_id
-              HAVING countIf({start}) > 0)
-            GROUP BY cohort ORDER BY cohort"""
-    got = {d["cohort"]: [int(d[f"r{n}"]) for n in range(n_max + 1)] for d in rows(api, q, {"lo": ms(START)})}
+    got = sql_retention(rows(api, retention_query("a", "b", mode, n_max), {"lo": ms(START), "hi": 2**62}), n_max)
     assert got == {d: c for d, c in typed.items() if c[0] > 0}
     assert any(c[1] for c in got.values()) and len(got) == 3
     today = datetime.now(ZoneInfo(TZ)).date()
     expected = ref.retention(api["shop"], "a", "b", mode, START, END, TZ, today)
     assert got == {str(d): counts[: n_max + 1] for d, (size, counts) in expected.items() if size}
+
+
+# property tests: the strategy of tests/test_query_properties.py (three time zones, DST, window edges, ties,
+# duplicates, bots), one fresh project per example; SQL through the cache's seam (execute_sql) vs the typed
+# compilers on the same engine and range
+PROPS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _fresh(api: dict[str, Any], events: list[dict[str, Any]]) -> str:
+    project = f"p{uuid.uuid4().hex[:10]}"
+    if events:
+        insert_append(api["writer"], events, project)
+    return project
+
+
+def _run_sql(api: dict[str, Any], project: str, tz: str, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    return execute_sql(api["engine"], api["limits"], project, tz, prepare(query, DB).normalized, params)["data"]
+
+
+@PROPS
+@given(events=qp.event_sets(), tz=st.sampled_from(qp.TZS), mode=st.sampled_from(P.FUNNEL_MODES),
+       steps=st.sampled_from([["a", "b", "c"], ["a", "b"], ["a", "a", "b"], ["b", "a", "c"]]))
+def test_funnel_sql_property(api: dict[str, Any], events: list[dict[str, Any]], tz: str, mode: str,
+                             steps: list[str]) -> None:
+    project = _fresh(api, events)
+    q = P.FunnelQuery(scope=P.Scope(project, tz), steps=tuple(P.EventSpec(s) for s in steps),
+                      range=P.DateRange(START, END), mode=mode, window_s=WINDOW_S)
+    typed = F.shape(q, api["engine"].run(F.compile_funnel(q)).rows)[0]["cumulativeRaw"]
+    assert cumulative(_run_sql(api, project, tz, *funnel_query(steps, mode, "INTERVAL 1 HOUR", tz)), len(steps)) == typed
+
+
+@PROPS
+@given(events=qp.event_sets(), tz=st.sampled_from(qp.TZS), mode=st.sampled_from(["n-day", "rolling"]),
+       re=st.sampled_from(["_all", "b"]))
+def test_retention_sql_property(api: dict[str, Any], events: list[dict[str, Any]], tz: str, mode: str, re: str) -> None:
+    project = _fresh(api, events)
+    today = END + timedelta(days=1)
+    q = P.RetentionQuery(scope=P.Scope(project, tz), start_event=P.EventSpec("a"), return_event=P.EventSpec(re),
+                         range=P.DateRange(START, END), mode=mode, today=today)
+    typed = {d: [c["count"] for c in cells] for d, cells in
+             RC.shape(q, api["engine"].run(RC.compile_retention(q)).rows)["series"][0]["values"].items()}
+    n_max = 3
+    bounds = {"lo": ms(START, tz), "hi": ms(today + timedelta(days=1), tz)}  # returns counted up to today
+    got = sql_retention(_run_sql(api, project, tz, retention_query("a", re, mode, n_max), bounds), n_max)
+    assert set(got) == {d for d, c in typed.items() if c[0] > 0}
+    for d, counts in got.items():  # the typed cells stop at today; SQL read no later day, so its later Ns are 0
+        assert counts[: len(typed[d])] == typed[d][: n_max + 1] and not any(counts[len(typed[d]):]), d
 
 
 def test_issue_example_query(api: dict[str, Any]) -> None:
@@ -323,4 +413,57 @@ def test_rewrite_scopes_every_reference_and_normalizes() -> None:
         where = t.find_ancestor(exp.Select).args["where"].this.sql("clickhouse")
         assert where.startswith(f"{R.SRC_ALIAS}.project = {{{R.PROJECT_PARAM}: String}}")
     assert R.rewrite(out.normalized, "analytics") == out  # the normalized text is a fixed point
+    assert "__ep_src.event_time" not in out.sql.replace("__ep_src.event_time LIMIT", "")  # no time bound to push
+
+
+def test_reads_for_a_cache() -> None:
+    from query_service.sql_api import read_partitions, reads
+
+    p = prepare("SELECT count() FROM events JOIN fct_sessions USING (actor_id)", "analytics")
+    assert reads(p, "shop") == {"events": "all", "fct_sessions": "all"} and read_partitions(p, "shop") == "all"
+    assert read_partitions(prepare("SELECT 1", "analytics"), "shop") == ()
+
+
+def test_event_time_bounds_pushed_below_deduplication() -> None:
+    bound = "__ep_src.event_time >= now() - INTERVAL '30' DAY"
+    out = R.rewrite("SELECT count() FROM events AS e WHERE e.event_time >= now() - INTERVAL 30 DAY AND actor_id = 'x'",
+                    "analytics").sql
+    inner = out[: out.index(") AS e")]
+    assert bound in inner and "actor_id" not in inner  # only the event_time conjunct goes inside
+    for q in ["SELECT count() FROM events JOIN fct_sessions USING (actor_id) WHERE event_time >= now() - INTERVAL 30 DAY",
+              "SELECT toDate(event_time) AS event_time FROM events WHERE event_time >= now() - INTERVAL 30 DAY",
+              "SELECT count() FROM events WHERE event_time >= now() - INTERVAL 30 DAY OR actor_id = 'x'",
+              "SELECT count() FROM events WHERE event_time > (SELECT max(event_time) FROM events)"]:
+        assert "__ep_src.event_time >" not in R.rewrite(q, "analytics").sql, q
+
+
+def test_bounded_counts_match_reference(api: dict[str, Any]) -> None:
+    lo, hi = BASE + 7 * 3_600_000, BASE + 50 * 3_600_000 + 1
+    q = ("SELECT count() AS n, uniqExact(actor_id) AS u FROM events WHERE event_time >= fromUnixTimestamp64Milli({lo:Int64})"
+         " AND event_time < fromUnixTimestamp64Milli({hi:Int64}) AND event_type != 'x'")
+    got = rows(api, q, {"lo": lo, "hi": hi})[0]
+    kept = [e for e in ref.clean(api["shop"]) if lo <= e["time"] < hi and e["event_type"] != "x"]
+    assert (int(got["n"]), int(got["u"])) == (len(kept), len({e["actor_id"] for e in kept}))
+    assert "__ep_src.event_time" in json.dumps(sql(api, "EXPLAIN SYNTAX " + q, {"lo": lo, "hi": hi}).json()["data"])
     assert R.rewrite("select   count()  from events", "analytics").normalized == "SELECT count() FROM events"
+
+
+def test_readme_examples_and_project_timezone(api: dict[str, Any]) -> None:
+    assert rows(api, "SELECT projectTimezone() AS tz") == [{"tz": TZ}]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### SQL: `POST /api/sql`"):]
+    examples = [line for line in section[: section.index("```", section.index("```bash") + 7)].splitlines()
+                if line.startswith("curl ")]
+    assert len(examples) == 4
+    for line in examples:
+        body = line.split(" -d ", 1)[1]
+        text = body[1:-1].replace('\\"', '"') if body.startswith('"') else body[1:-1]
+        r = api["client"].post("/api/sql", content=text.encode(), auth=api["auth"])
+        assert r.status_code == 200, (line, r.text)
+
+
+def test_openapi_describes_sql(api: dict[str, Any]) -> None:
+    op = api["client"].get("/openapi.json").json()["paths"]["/api/sql"]["post"]
+    assert op["requestBody"]["content"]["application/json"]["schema"]["required"] == ["query"]
+    assert {"200", "400", "403"} <= set(op["responses"])
+    assert "POST /api/sql" in api["client"].get("/docs").text

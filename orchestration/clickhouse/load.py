@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 import pandas as pd
 
-from orchestration.clickhouse.schema import EVENT_COLUMN_NAMES, STAGING_PREFIX, SchemaPlan, quote
+from orchestration.clickhouse.schema import EVENT_COLUMN_NAMES, STAGING_PREFIX, SchemaPlan, adapt_to_existing, quote
 
 
 def partition_id(hour_start: datetime) -> str:
@@ -31,6 +31,7 @@ def load_hour(client, plan: SchemaPlan, hour_start: datetime, parquet: bytes, ro
 
     Returns the number of rows the hour holds afterwards (read back from the table).
     """
+    plan = adapt_to_existing(client, plan)  # stage in the data table's own layout (REPLACE PARTITION needs it)
     pid = partition_id(hour_start)
     suffix = f"{hour_start.astimezone(UTC):%Y%m%d%H}_{uuid.uuid4().hex[:8]}"
     insert_table, ddl, local_table = plan.staging_statements(suffix)

@@ -9,8 +9,9 @@ Distributed table over it, sharded by ``actor_id`` so one actor's events stay on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from eventpipe_core.funnel_sql import UDF_BODIES
 from eventpipe_core.settings import Settings
 
 # Contract with dbt_project (column order and types).
@@ -70,7 +71,18 @@ EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
 )
 EVENT_COLUMN_NAMES: tuple[str, ...] = tuple(name for name, _ in EVENT_COLUMNS)
 
-ORDER_BY = "(project, event_type, event_time, insert_id)"
+# Layout "actor" (new tables): rows sorted by actor, then time — an actor's events are contiguous, so its
+# per-actor columns (ids, device, geo, user agent) compress to runs and funnels/retention read them in order;
+# segmentation's event_type filter is served by a set skipping index instead of the key. insert_id stays in
+# the key: the ReplacingMergeTree collapses only exact copies, as before.
+ORDER_BY = "(project, actor_id, event_time, insert_id)"
+INDEXES = ("INDEX event_type_set event_type TYPE set(256) GRANULARITY 1",)
+# Codecs (values only: types are the contract above). Times and counters are monotone within an actor: Delta.
+DELTA_COLUMNS = frozenset({"event_time", "received_at", "ingested_at", "session_id", "kafka_offset"})
+DEFAULT_CODEC = "ZSTD(3)"
+# Layout "legacy": tables created before the actor layout keep theirs (CREATE TABLE IF NOT EXISTS never alters
+# them); their staging tables must match it for REPLACE PARTITION (same key, indexes), see adapt_to_existing.
+LEGACY_ORDER_BY = "(project, event_type, event_time, insert_id)"
 STAGING_PREFIX = "events__stage_"
 
 
@@ -81,6 +93,7 @@ class SchemaPlan:
     database: str
     cluster: str | None
     ttl_days: int
+    layout: str = "actor"  # "legacy" for a data table created before the actor layout (adapt_to_existing)
 
     @property
     def on_cluster(self) -> str:
@@ -104,7 +117,15 @@ class SchemaPlan:
         return f"ReplacingMergeTree({args})"
 
     def columns_sql(self) -> str:
-        return ",\n".join(f"    {quote(name)} {ctype}" for name, ctype in EVENT_COLUMNS)
+        if self.layout == "legacy":
+            return ",\n".join(f"    {quote(name)} {ctype}" for name, ctype in EVENT_COLUMNS)
+        cols = [f"    {quote(name)} {ctype} CODEC({'Delta, ' if name in DELTA_COLUMNS else ''}{DEFAULT_CODEC})"
+                for name, ctype in EVENT_COLUMNS]
+        return ",\n".join(cols + [f"    {ix}" for ix in INDEXES])
+
+    @property
+    def order_by(self) -> str:
+        return LEGACY_ORDER_BY if self.layout == "legacy" else ORDER_BY
 
     def events_ddl(self, table_name: str, *, ttl: bool = True) -> str:
         """MergeTree DDL for the data table or a staging table of the same structure."""
@@ -112,7 +133,7 @@ class SchemaPlan:
         return (
             f"CREATE TABLE IF NOT EXISTS {quote(self.database)}.{quote(table_name)}{self.on_cluster}\n"
             f"(\n{self.columns_sql()}\n)\nENGINE = {self.engine(table_name)}\n"
-            f"PARTITION BY event_hour\nORDER BY {ORDER_BY}{ttl_sql}\n"
+            f"PARTITION BY event_hour\nORDER BY {self.order_by}{ttl_sql}\n"
             "SETTINGS index_granularity = 8192"
         )
 
@@ -140,6 +161,9 @@ class SchemaPlan:
                 f"ENGINE = Distributed({quote_str(self.cluster)}, {quote_str(self.database)}, 'identity_map_local', "
                 "cityHash64(device_id))"
             )
+        # The shared funnel functions (eventpipe_core.funnel_sql): global to the server, callable by every
+        # user (readers included); OR REPLACE so an upgrade ships a changed body.
+        out += [f"CREATE OR REPLACE FUNCTION {name}{self.on_cluster} AS {body}" for name, body in UDF_BODIES.items()]
         return out
 
     def ttl_statement(self) -> str:
@@ -183,10 +207,28 @@ def ensure_schema(client, settings: Settings) -> SchemaPlan:  # noqa: ANN001 - c
     return ensure_plan(client, schema_plan(settings))
 
 
+def adapt_to_existing(client, plan: SchemaPlan) -> SchemaPlan:  # noqa: ANN001 - clickhouse_connect client
+    """The plan whose staging DDL matches the data table as it exists (legacy sort key or the actor layout).
+
+    Existing deployments keep their table: the new layout applies to tables created from now on (a new
+    database, or after a re-load into a fresh table); REPLACE PARTITION needs staging tables of the same
+    key and indexes, so loads into a legacy table stage in the legacy layout.
+    """
+    table = "events_local" if plan.cluster else "events"
+    key = client.command(
+        "SELECT sorting_key FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        parameters={"db": plan.database, "t": table},
+    )
+    legacy = str(key).replace(" ", "") == LEGACY_ORDER_BY.strip("()").replace(" ", "")
+    return replace(plan, layout="legacy" if legacy else "actor")
+
+
 def ensure_plan(client, plan: SchemaPlan) -> SchemaPlan:  # noqa: ANN001 - clickhouse_connect client
-    """:func:`ensure_schema` for an explicit plan (what the Dagster resource holds)."""
+    """:func:`ensure_schema` for an explicit plan (what the Dagster resource holds); returns it adapted to
+    the existing data table (:func:`adapt_to_existing`)."""
     for sql in plan.statements():
         client.command(sql)
+    plan = adapt_to_existing(client, plan)
     # Apply a changed TTL only when it differs: MODIFY TTL rewrites parts on a real server.
     table = "events_local" if plan.cluster else "events"
     current = client.command(

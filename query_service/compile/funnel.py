@@ -16,7 +16,8 @@ Rules (the dbt marts' ``macros/funnel.sql`` where they overlap; events ordered b
   (over all history) in the range; ``g`` groups by a property of the entry event.
 
 SQL shape: per actor one array of the (time, insert_id, step bitmask, segment flag, group) of its step
-events (every event for ``sequential``), then one fold per entry over the events after it.
+events (every event for ``sequential``); every entry's path comes from the shared funnel functions
+(``eventpipe_core.funnel_sql``: linear per actor, the same the dbt marts and ``FUNNEL()`` call).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from eventpipe_core.funnel_sql import funnel_paths_expr
 from query_service.compile.common import (
     Binder,
     Compiled,
@@ -37,36 +39,6 @@ from query_service.compile.common import (
     utc_days_between,
 )
 from query_service.params import FunnelQuery
-
-INF = "toInt64(9223372036854775807)"
-
-
-def _times_sql(q: FunnelQuery, n: int, window: str) -> str:
-    rest = "arraySlice(evs, i0 + 1)"
-    if q.mode == "ordered":
-        return (f"arrayFold((acc, e) -> if(length(acc) < {n} AND e.1 <= t0 + {window} AND bitTest(e.3, length(acc)),"
-                f" arrayPushBack(acc, e.1), acc), {rest}, [t0])")
-    if q.mode == "sequential":
-        return (f"arrayFold((acc, e) -> if(acc.2 = 1 OR length(acc.1) >= {n}, acc,"
-                f" if(e.1 <= t0 + {window} AND bitTest(e.3, length(acc.1)), (arrayPushBack(acc.1, e.1), toUInt8(0)),"
-                f" (acc.1, toUInt8(1)))), {rest}, ([t0], toUInt8(0))).1")
-    firsts = [f"arrayMin(arrayPushBack(arrayMap(e -> if(bitTest(e.3, {j}) AND e.1 <= t0 + {window}, e.1, {INF}), {rest}),"
-              f" {INF}))" for j in range(1, n)]
-    if not firsts:
-        return "[t0]"
-    return f"arraySort(arrayConcat([t0], arrayFilter(x -> x < {INF}, [{', '.join(firsts)}])))"
-
-
-def path_times_sql(mode: str, n: int, window: str) -> str:
-    """The path of one entry as SQL (``times``: Array(Int64) of ms, length = level) — public for ``/api/sql``'s
-    FUNNEL(). Needs in scope: ``evs`` (the actor's (ms, insert_id, step bitmask, …) sorted; every event for
-    ``sequential``), ``i0`` (the entry's index) and ``t0`` (its ms); ``window`` is an Int64 SQL expression (ms)."""
-    return _times_sql(_Mode(mode), n, window)  # type: ignore[arg-type]
-
-
-class _Mode:
-    def __init__(self, mode: str):
-        self.mode = mode
 
 
 def _read_span(q: FunnelQuery) -> tuple[int, int, int]:
@@ -103,22 +75,24 @@ def funnel_paths_sql(q: FunnelQuery, b: Binder) -> str:
     s0, s1 = b.bind(start_ms, "Int64"), b.bind(end_ms, "Int64")
     window = b.bind(q.window_s * 1000, "Int64")
     zone = b.bind(tz, "String")
+    steps_n = b.bind(n, "UInt8")
     return f"""
 WITH per_actor AS (
-    SELECT actor_id, arraySort(x -> (x.1, x.2), groupArray((t, insert_id, m, sg, g))) AS evs
+    SELECT actor_id, evs, {funnel_paths_expr(q.mode, "evs.1", "evs.3", steps_n, window)} AS fp
+    FROM (SELECT actor_id, arraySort(x -> (x.1, x.2), groupArray((t, insert_id, m, sg, g))) AS evs
     FROM (
         SELECT actor_id, toUnixTimestamp64Milli(event_time) AS t, insert_id, toUInt32({mask}) AS m,
                toUInt8({segments_sql(b, q.segments)}) AS sg, {group} AS g
         FROM {events_source(b, q.scope, start_ms, read_end)}
     )
     {'WHERE ' + ' AND '.join(where) if where else ''}
-    GROUP BY actor_id
+    GROUP BY actor_id)
 ),
 paths AS (
-    SELECT actor_id, i0, evs[i0].1 AS t0, evs[i0].5 AS g, {_times_sql(q, n, window)} AS times,
-           length(times) AS level, toString(toDate(fromUnixTimestamp64Milli(t0, 'UTC'), {zone})) AS day
-    FROM per_actor ARRAY JOIN arrayEnumerate(evs) AS i0
-    WHERE bitTest(evs[i0].3, 0) AND evs[i0].4 = 1 AND evs[i0].1 >= {s0} AND evs[i0].1 < {s1}
+    SELECT actor_id, i0, e.1 AS t0, e.5 AS g, times, length(times) AS level,
+           toString(toDate(fromUnixTimestamp64Milli(t0, 'UTC'), {zone})) AS day
+    FROM per_actor ARRAY JOIN evs AS e, arrayEnumerate(evs) AS i0, fp AS times
+    WHERE length(times) > 0 AND e.4 = 1 AND e.1 >= {s0} AND e.1 < {s1}
 ),
 day_best AS (
     SELECT actor_id, day, argMax((level, t0, times, g), (level, -i0)) AS b FROM paths GROUP BY actor_id, day
