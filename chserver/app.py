@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import re
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from chserver import compression
@@ -34,6 +35,7 @@ from chserver.errors import (
     ClickHouseError,
 )
 from chserver.request import build_query_request
+from chserver.stream import exception_block
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,11 @@ def merge_form_fields(params: dict[str, str], content_type_header: str, body: by
         payload = part.get_payload(decode=True) or b""
         merged[str(name)] = payload.decode("utf-8")
     return merged, b""
+
+
+def _level(params: dict[str, str]) -> int | None:
+    level = params.get("http_zlib_compression_level")
+    return int(level) if level and level.isdigit() else None
 
 
 _HEADER_SAFE = re.compile(r"^[\x20-\x7e]{0,256}$")
@@ -165,22 +172,60 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
             headers["WWW-Authenticate"] = 'Basic realm="ClickHouse"'
         return PlainTextResponse(exc.body(engine.version), status_code=exc.http_status, headers=headers)
 
-    def run(method: str, params: dict[str, str], headers: dict[str, str], body: bytes, user_name: str) -> tuple[
-        QueryResult, bytes, str | None
-    ]:
-        """Worker-thread part: decompress, execute, compress."""
+    def run(
+        method: str, params: dict[str, str], headers: dict[str, str], body: bytes, user_name: str, query_id: str
+    ) -> tuple[QueryResult, bytes, str | None]:
+        """Worker-thread part: decompress, execute, compress (a streamed result is compressed piece by piece)."""
         user = users.get(user_name)
         data = compression.decompress(body, headers.get("content-encoding"))
         req = build_query_request(method, params, data, user)
+        req.query_id = query_id
+        req.stream = params.get("wait_end_of_query", "0") not in ("1", "true")
         result = engine.execute(req)
         payload = result.body
         encoding = None
         if params.get("enable_http_compression", "0") in ("1", "true") and payload:
             encoding = compression.choose(headers.get("accept-encoding"))
-            if encoding:
-                level = params.get("http_zlib_compression_level")
-                payload = compression.compress(payload, encoding, int(level) if level and level.isdigit() else None)
+            if encoding and result.stream is None:
+                payload = compression.compress(payload, encoding, _level(params))
         return result, payload, encoding
+
+    async def until_disconnected(request: Request) -> None:
+        """Returns when the client has gone (after the body was read, the next ASGI message is the disconnect)."""
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    def streamed(result: QueryResult, payload: bytes, encoding: str | None, params: dict[str, str],
+                 headers_out: dict[str, str], pool: object, release: object) -> StreamingResponse:
+        """The first part, then block after block from the engine; an error on the way is sent in-band."""
+        stream = result.stream
+        assert stream is not None
+        tag = secrets.token_urlsafe(12)
+        headers_out["X-ClickHouse-Exception-Tag"] = tag
+        loop = asyncio.get_running_loop()
+
+        async def body() -> AsyncIterator[bytes]:
+            compressor = compression.Compressor(encoding, _level(params)) if encoding else None
+            try:
+                piece: bytes | None = payload
+                while piece is not None:
+                    if piece:
+                        yield compressor.compress(piece) if compressor else piece
+                    piece = await loop.run_in_executor(pool, stream.fetch)  # type: ignore[arg-type]
+            except ClickHouseError as exc:
+                log.info("query %s failed after its first block: %s", headers_out["X-ClickHouse-Query-Id"], exc.message)
+                block = exception_block(tag, exc.body(engine.version))
+                yield compressor.compress(block) if compressor else block
+            finally:
+                if not stream.done:  # the client went away (or the server stops): cancel the query
+                    loop.run_in_executor(pool, stream.close)  # type: ignore[arg-type]
+                release()  # type: ignore[operator]
+            if compressor:
+                yield compressor.flush()
+
+        return StreamingResponse(body(), media_type=content_type(result.format), headers=headers_out)
 
     async def query(request: Request) -> Response:
         params = _last_values(request)
@@ -214,10 +259,25 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
                 # clickhouse-connect sends the query and long bound parameters as form fields
                 params, body = merge_form_fields(params, headers["content-type"], body)
             loop = asyncio.get_running_loop()
-            with engine.admission(user.name, user.profile):
-                result, payload, encoding = await loop.run_in_executor(
-                    engine.executor_for(user.profile), run, request.method, params, headers, body, user.name
-                )
+            pool = engine.executor_for(user.profile)
+            admission = engine.admission(user.name, user.profile)
+            admission.__enter__()
+            try:
+                work = loop.run_in_executor(pool, run, request.method, params, headers, body, user.name, query_id)
+                gone = asyncio.ensure_future(until_disconnected(request))
+                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not work.done():
+                    # The client disconnected while its query runs: cancel it (ClickHouse's
+                    # cancel_http_readonly_queries_on_client_close, for every query here).
+                    log.info("client of query %s disconnected: cancelling it", query_id)
+                    await loop.run_in_executor(None, engine.kill, query_id)
+                gone.cancel()
+                result, payload, encoding = await work
+            except BaseException:
+                admission.__exit__(None, None, None)
+                raise
+            if result.stream is None:
+                admission.__exit__(None, None, None)
         except ClickHouseError as exc:
             return error_response(exc, query_id)
         except Exception as exc:  # noqa: BLE001 - any failure is a ClickHouse-style error, never a crash
@@ -232,6 +292,8 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
         if encoding:
             headers_out["Content-Encoding"] = encoding
         headers_out.update(cors_headers(request))
+        if result.stream is not None:
+            return streamed(result, payload, encoding, params, headers_out, pool, lambda: admission.__exit__(None, None, None))
         return Response(payload, media_type=content_type(result.format), headers=headers_out)
 
     def cors_headers(request: Request) -> dict[str, str]:
