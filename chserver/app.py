@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from chserver import compression
 from chserver.auth import Users, credentials
-from chserver.engine import Engine, QueryResult
+from chserver.engine import Engine, QueryResult, require_utf8
 from chserver.errors import (
     ACCESS_DENIED,
     AUTHENTICATION_FAILED,
@@ -57,6 +57,17 @@ def content_type(fmt: str) -> str:
 
 
 def _last_values(request: Request) -> dict[str, str]:
+    """The URL parameters (the last value of each); one that is not UTF-8 is refused, never silently
+    replaced by U+FFFD (Starlette's decoding) — a query would then run with other bytes than sent."""
+    from urllib.parse import unquote_to_bytes
+
+    raw = request.scope.get("query_string", b"")
+    if any(b >= 0x80 for b in raw) or b"%" in raw:
+        for pair in raw.split(b"&"):
+            key, _, value = pair.partition(b"=")
+            name = unquote_to_bytes(key.replace(b"+", b" ")).decode("utf-8", errors="replace")
+            require_utf8(unquote_to_bytes(value.replace(b"+", b" ")), f"URL parameter {name!r}")
+            require_utf8(unquote_to_bytes(key.replace(b"+", b" ")), "A URL parameter name")
     return {k: v for k, v in request.query_params.multi_items()}
 
 
@@ -82,7 +93,7 @@ def merge_form_fields(params: dict[str, str], content_type_header: str, body: by
         if not name:
             raise ClickHouseError(STD_EXCEPTION, "multipart/form-data part without a name")
         payload = part.get_payload(decode=True) or b""
-        merged[str(name)] = payload.decode("utf-8")
+        merged[str(name)] = require_utf8(payload, f"Form field {name!r}")
     return merged, b""
 
 
@@ -228,7 +239,10 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
         return StreamingResponse(body(), media_type=content_type(result.format), headers=headers_out)
 
     async def query(request: Request) -> Response:
-        params = _last_values(request)
+        try:
+            params = _last_values(request)
+        except ClickHouseError as exc:
+            return error_response(exc, str(uuid.uuid4()))
         query_id = params.get("query_id") or str(uuid.uuid4())
         if not _HEADER_SAFE.match(query_id):
             query_id = str(uuid.uuid4())  # never echo a header value that would break the response

@@ -197,6 +197,20 @@ def _summary(elapsed: float = 0.0) -> dict[str, str]:
     return summary
 
 
+def require_utf8(data: bytes, what: str = "The query") -> str:
+    """ClickHouse's SQL text is UTF-8: anything else is refused with BAD_ARGUMENTS (400) before the engine
+    sees it (chDB would take the bytes as they are). Binary data belongs after an INSERT's FORMAT clause."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = data[exc.start : exc.start + 1].hex()
+        raise ClickHouseError(
+            BAD_ARGUMENTS,
+            f"{what} is not valid UTF-8 (byte 0x{bad} at offset {exc.start}); send binary data as an INSERT's data "
+            "after FORMAT, or as a hex/base64 parameter",
+        ) from None
+
+
 def _ident(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
@@ -338,6 +352,7 @@ class Engine:
         """
         first = next(tokens(req.raw[:4096].decode("latin-1")), None)  # the statement kind; tokens() never raises
         if first is not None and first.text.upper() == "KILL":
+            require_utf8(req.raw)
             return self._kill_statement(req)
         running = self._register(req)
         try:
@@ -504,6 +519,7 @@ class Engine:
         if not req.raw.strip():
             raise ClickHouseError(SYNTAX_ERROR, "Empty query")
         stmt = self.analyze(req.raw)
+        require_utf8(req.raw[: stmt.head_end] if stmt.insert_format else req.raw)
         self.check_allowed(req, stmt)
         out_format = stmt.output_format
         if out_format is None:
