@@ -29,7 +29,6 @@ from chserver.errors import (
     ACCESS_DENIED,
     AUTHENTICATION_FAILED,
     BAD_ARGUMENTS,
-    NOT_IMPLEMENTED,
     STD_EXCEPTION,
     UNSUPPORTED_METHOD,
     ClickHouseError,
@@ -71,11 +70,14 @@ def _last_values(request: Request) -> dict[str, str]:
     return {k: v for k, v in request.query_params.multi_items()}
 
 
-def merge_form_fields(params: dict[str, str], content_type_header: str, body: bytes) -> tuple[dict[str, str], bytes]:
+def merge_form_fields(
+    params: dict[str, str], content_type_header: str, body: bytes
+) -> tuple[dict[str, str], bytes, list[tuple[str, bytes]]]:
     """multipart/form-data: ``query`` and ``param_*`` fields join the URL parameters (as in ClickHouse).
 
-    File parts are ClickHouse "external data" (temporary tables shipped with the query), which
-    this server does not support: they are refused with NOT_IMPLEMENTED.
+    File parts are ClickHouse "external data": each is a temporary table named by its form field,
+    shaped by the ``<name>_structure`` (or ``<name>_types``) and ``<name>_format`` parameters —
+    returned as (name, data) for :func:`chserver.request.build_query_request`.
     """
     import email.parser
     import email.policy
@@ -86,15 +88,17 @@ def merge_form_fields(params: dict[str, str], content_type_header: str, body: by
     if not message.is_multipart():
         raise ClickHouseError(STD_EXCEPTION, "Malformed multipart/form-data body")
     merged = dict(params)
+    files: list[tuple[str, bytes]] = []
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        if part.get_filename() is not None:
-            raise ClickHouseError(NOT_IMPLEMENTED, "External data (multipart file parts) is not supported by this server")
         if not name:
             raise ClickHouseError(STD_EXCEPTION, "multipart/form-data part without a name")
         payload = part.get_payload(decode=True) or b""
+        if part.get_filename() is not None:
+            files.append((str(name), payload))
+            continue
         merged[str(name)] = require_utf8(payload, f"Form field {name!r}")
-    return merged, b""
+    return merged, b"", files
 
 
 def _level(params: dict[str, str]) -> int | None:
@@ -184,12 +188,13 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
         return PlainTextResponse(exc.body(engine.version), status_code=exc.http_status, headers=headers)
 
     def run(
-        method: str, params: dict[str, str], headers: dict[str, str], body: bytes, user_name: str, query_id: str
+        method: str, params: dict[str, str], headers: dict[str, str], body: bytes, user_name: str, query_id: str,
+        files: list[tuple[str, bytes]],
     ) -> tuple[QueryResult, bytes, str | None]:
         """Worker-thread part: decompress, execute, compress (a streamed result is compressed piece by piece)."""
         user = users.get(user_name)
         data = compression.decompress(body, headers.get("content-encoding"))
-        req = build_query_request(method, params, data, user)
+        req = build_query_request(method, params, data, user, files)
         req.query_id = query_id
         req.stream = params.get("wait_end_of_query", "0") not in ("1", "true")
         result = engine.execute(req)
@@ -269,15 +274,16 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
                 logins.failed(client)
                 raise
             body = await request.body()
+            files: list[tuple[str, bytes]] = []
             if headers.get("content-type", "").startswith("multipart/form-data"):
                 # clickhouse-connect sends the query and long bound parameters as form fields
-                params, body = merge_form_fields(params, headers["content-type"], body)
+                params, body, files = merge_form_fields(params, headers["content-type"], body)
             loop = asyncio.get_running_loop()
             pool = engine.executor_for(user.profile)
             admission = engine.admission(user.name, user.profile)
             admission.__enter__()
             try:
-                work = loop.run_in_executor(pool, run, request.method, params, headers, body, user.name, query_id)
+                work = loop.run_in_executor(pool, run, request.method, params, headers, body, user.name, query_id, files)
                 gone = asyncio.ensure_future(until_disconnected(request))
                 await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
                 if not work.done():

@@ -102,6 +102,16 @@ class DataDirLock:
 
 
 @dataclass
+class ExternalTable:
+    """External data of a request (a multipart file part): a temporary table for that query only."""
+
+    name: str
+    structure: str  # validated column declarations: names and types only
+    format: str
+    data: bytes
+
+
+@dataclass
 class QueryRequest:
     """One HTTP request, decoded: the statement text/data and its per-request context."""
 
@@ -119,6 +129,7 @@ class QueryRequest:
     query_id: str = ""  # the client's (or a generated) id: what KILL QUERY and a disconnect act on
     stream: bool = False  # the client accepts a streamed answer (not wait_end_of_query=1)
     tag: str = ""  # set while running: the engine-side marker of this request's chDB query
+    external: list[ExternalTable] = field(default_factory=list)  # multipart file parts → temporary tables
 
 
 @dataclass
@@ -537,7 +548,7 @@ class Engine:
             prelude.append("SET " + ", ".join(f"{k} = {_quote(v)}" for k, v in req.settings.items()))
         if req.database and req.database != "default":
             prelude.append(f"USE {_ident(req.database)}")
-        changes_state = bool(prelude) or stmt.kind in ("SET", "USE") or stmt.temporary
+        changes_state = bool(prelude) or stmt.kind in ("SET", "USE") or stmt.temporary or bool(req.external)
 
         session = self._session(req) if req.session_id else None
         conn = session.conn if session is not None else self._acquire()
@@ -567,6 +578,7 @@ class Engine:
                 restore = self._session_restore(conn, req)
             for sql in prelude:
                 conn._conn.query(sql, "TabSeparated", params={})
+            restore.extend(self._create_external(conn, req))  # dropped after the query (a session's connection stays)
             if stmt.kind == "INSERT" and stmt.insert_format:
                 result = self._insert(conn, req, stmt)
             else:
@@ -646,6 +658,7 @@ class Engine:
                 settings.update(session.settings)
             settings.update({k: _quote(v) for k, v in req.settings.items()})
             conn._conn.query("SET " + ", ".join(f"{k} = {v}" for k, v in settings.items()), "TabSeparated", params={})
+            self._create_external(conn, req)  # before readonly is locked; the connection is closed afterwards
             if database in databases:
                 conn._conn.query(f"USE {_ident(database)}", "TabSeparated", params={})
             level = 1 if req.readonly == 1 else profile.readonly  # a client may ask for the stricter readonly=1
@@ -730,9 +743,34 @@ class Engine:
             parts.append(piece)
             size += len(piece)
         body = b"".join(parts)
-        summary = _summary()
-        summary["result_bytes"] = str(size)
+        summary = _summary()  # what is known when the answer starts (ClickHouse's header is as early)
+        summary.update(read_rows=str(stream.rows_read), read_bytes=str(stream.bytes_read),
+                       total_rows_to_read=str(stream.rows_read), result_bytes=str(size))
         return QueryResult(body=body, format=out_format, summary=summary, stream=None if stream.done else stream)
+
+    def _create_external(self, conn: Any, req: QueryRequest) -> list[str]:
+        """External data (ClickHouse's multipart file parts): one temporary table per part, loaded from a
+        file in its format; returns the statements that drop them again."""
+        import tempfile
+
+        drops: list[str] = []
+        for table in req.external:
+            fmt = self.input_formats.get(table.format.lower())
+            if fmt is None:
+                raise ClickHouseError(UNKNOWN_FORMAT, f"Unknown input format {table.format} for external table {table.name}")
+            name = _ident(table.name)
+            conn._conn.query(f"CREATE TEMPORARY TABLE {name} ({table.structure}) ENGINE = Memory", "TabSeparated", params={})
+            drops.append(f"DROP TEMPORARY TABLE IF EXISTS {name}")
+            if not table.data:
+                continue
+            tmp_dir = self.data_dir / "tmp_inserts"
+            tmp_dir.mkdir(exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=tmp_dir, suffix=".external") as f:
+                f.write(table.data)
+                f.flush()
+                conn._conn.query(f"INSERT INTO {name} FROM INFILE {_quote(f.name)} FORMAT {fmt}", "TabSeparated",
+                                 params={}).bytes()
+        return drops
 
     def _insert(self, conn: Any, req: QueryRequest, stmt: Statement) -> QueryResult:
         """``INSERT … FORMAT f`` + data: the data goes to a temporary file loaded with ``FROM INFILE``.

@@ -91,6 +91,8 @@ class ResultStream:
         self._on_close = on_close
         self._kill = kill
         self.done = False
+        self.rows_read = 0
+        self.bytes_read = 0
         self._lock = threading.Lock()
         self._closed = False
 
@@ -107,6 +109,8 @@ class ResultStream:
         if chunk is None or (not data and chunk.rows_read() == 0):
             self._finish(True)
             return None
+        self.rows_read += chunk.rows_read()
+        self.bytes_read += chunk.bytes_read()
         if self._header and data.startswith(self._header):
             data = data[len(self._header) :]
         return data
