@@ -87,6 +87,7 @@ class Profile:
     readonly: int = 2  # the engine's readonly level on the user's connection (2: reads + vetted settings)
     limits: dict[str, int] = field(default_factory=dict)  # max_execution_time, max_memory_usage, … (0 = unlimited)
     max_concurrent_queries: int = 0  # 0 = no per-user limit
+    tables: frozenset[tuple[str, str]] = frozenset()  # single permitted tables (GRANT SELECT ON db.t)
 
     def permits(self, database: str) -> bool:
         """A permitted database: listed, or matching a listed pattern (``dbt_*``)."""
@@ -94,8 +95,15 @@ class Profile:
             return True
         return any(fnmatch.fnmatchcase(database, p) for p in self.databases if any(c in p for c in "*?["))
 
+    def permits_table(self, database: str, table: str) -> bool:
+        return self.permits(database) or (database, table) in self.tables
+
+    def permits_any(self, database: str) -> bool:
+        """The whole database, or at least one table of it (naming it, e.g. as current database, is allowed)."""
+        return self.permits(database) or any(db == database for db, _ in self.tables)
+
     def check_database(self, user: str, database: str) -> None:
-        if self.restricted and not self.permits(database):
+        if self.restricted and not self.permits_any(database):
             raise ClickHouseError(ACCESS_DENIED, f"{user}: Not enough privileges. To execute this query, it's necessary "
                                   f"to have the grant SHOW DATABASES ON {database}.*")
 
@@ -193,15 +201,18 @@ def check_ast(
             if len(parts) > 2:
                 _deny(user, f"table name {node.text!r} is ambiguous")
             db = parts[0] if len(parts) == 2 else current_db
-            if not profile.permits(db):
-                _deny(user, f"database {db} is not permitted for this user")
+            if not profile.permits_table(db, parts[-1]):
+                _deny(user, f"{'table ' + db + '.' + parts[-1] if profile.permits_any(db) else 'database ' + db} "
+                      "is not permitted for this user")
             _check_system_table(user, db, parts[-1])
         elif node.kind == "Identifier":
             # x IN db.t, EXISTS db.t, SHOW TABLES FROM db, USE db …: a name that is an existing database
             # other than a permitted one is refused (a column or alias spelled like one is refused too)
             parts = node.text.split(".")
             first = parts[0]
-            if first in databases and not profile.permits(first):
+            if first in databases and not (
+                profile.permits_table(first, parts[1]) if len(parts) == 2 else profile.permits_any(first)
+            ):
                 _deny(user, f"database {first} is not permitted for this user")
             if len(parts) == 2:
                 _check_system_table(user, parts[0], parts[1])
@@ -236,7 +247,7 @@ def _check_named_table(user: str, profile: Profile, nodes: list[Node], i: int, n
     if name == "hascolumnintable":
         if len(args) != 3 or args[0].kind != "Literal" or (db := _unescape_literal(args[0].text)) is None:
             _deny(user, "hasColumnInTable() takes a literal local database name for this user")
-        if not profile.permits(db):
+        if not profile.permits_any(db):
             _deny(user, f"database {db} is not permitted for this user")
         return
     if not args:
@@ -254,7 +265,7 @@ def _check_named_table(user: str, profile: Profile, nodes: list[Node], i: int, n
     if len(parts) > 2:
         _deny(user, f"table name {target!r} is ambiguous")
     db = parts[0] if len(parts) == 2 else current_db
-    if not profile.permits(db):
+    if not profile.permits_table(db, parts[-1]):
         _deny(user, f"database {db} is not permitted for this user")
     _check_system_table(user, db, parts[-1])
 
@@ -292,7 +303,7 @@ def check_canonical(user: str, profile: Profile, canonical: str, databases: set[
         word = tok.text if tok.kind == "word" else tok.text[1:-1].replace("``", "`") if tok.kind == "qid" else ""
         if prev == "INTO" and tok.text.upper() == "OUTFILE":
             _deny(user, "INTO OUTFILE is not allowed")
-        if word and word in databases and not profile.permits(word):
+        if word and word in databases and not profile.permits_any(word):
             _deny(user, f"database {word} is not permitted for this user")
         prev = tok.text.upper() if tok.kind == "word" else ""
 

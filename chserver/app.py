@@ -23,6 +23,7 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from chserver import compression
+from chserver.accounts import USERS_FILE, admin_kind
 from chserver.auth import Users, credentials
 from chserver.engine import Engine, QueryResult, require_utf8
 from chserver.errors import (
@@ -171,6 +172,7 @@ def origin_checker(allowed: str):  # noqa: ANN201 - a small closure
 def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failures_per_minute: int = 10) -> Starlette:
     """The ASGI app serving ``engine``; closing the app (lifespan shutdown) closes the engine."""
     check_origin = origin_checker(cors_origins)
+    accounts = users.attach_store(engine.data_dir / USERS_FILE)
     logins = LoginLimiter(login_failures_per_minute)
 
     def base_headers(query_id: str) -> dict[str, str]:
@@ -197,7 +199,14 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
         req = build_query_request(method, params, data, user, files)
         req.query_id = query_id
         req.stream = params.get("wait_end_of_query", "0") not in ("1", "true")
-        result = engine.execute(req)
+        kind = admin_kind(req.raw[:4096].decode("latin-1"))
+        if kind is not None and accounts is not None:
+            require_utf8(req.raw)
+            may_admin = not user.profile.restricted and not user.readonly and req.readonly == 0
+            columns, rows = accounts.execute(kind, req.raw.decode(), user.name, may_admin, req.database or "default")
+            result = engine.table_result(req, columns, rows)
+        else:
+            result = engine.execute(req)
         payload = result.body
         encoding = None
         if params.get("enable_http_compression", "0") in ("1", "true") and payload:

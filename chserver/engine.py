@@ -387,6 +387,31 @@ class Engine:
             result.has_result = False
         return result
 
+    def table_result(self, req: QueryRequest, columns: list[str], rows: list[list[str]]) -> QueryResult:
+        """String rows computed by the server itself (SHOW GRANTS …) in the request's output format;
+        no columns → a statement without a result set."""
+        if not columns:
+            return QueryResult(body=b"", format="TabSeparated", summary=_summary(), has_result=False)
+        stmt = self.analyze(req.raw)
+        wanted = stmt.output_format or req.default_format or "TabSeparated"
+        out_format = self.output_formats.get(wanted.lower())
+        if out_format is None:
+            raise ClickHouseError(UNKNOWN_FORMAT, f"Unknown output format {wanted}")
+        structure = ", ".join(f"{_ident(c)} String" for c in columns)
+        if rows:
+            values = ", ".join("(" + ", ".join(_quote(v) for v in row) + ")" for row in rows)
+            sql = f"SELECT * FROM values({_quote(structure)}, {values})"
+        else:
+            sql = "SELECT " + ", ".join(f"'' AS {_ident(c)}" for c in columns) + " LIMIT 0"
+        conn = self._acquire()
+        try:
+            body = conn._conn.query(sql, out_format, params={}).bytes()
+        except RuntimeError as exc:
+            raise ClickHouseError.from_engine(exc) from None
+        finally:
+            self._release(conn, reusable=True)
+        return QueryResult(body=body, format=out_format, summary=_summary())
+
     # --- running queries: KILL QUERY and client disconnects ----------------------------------------
     def _register(self, req: QueryRequest) -> RunningQuery:
         if not req.query_id:
