@@ -24,6 +24,7 @@ it last, after every worker has finished, so a clean shutdown loses nothing.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import threading
@@ -51,6 +52,7 @@ from chserver.errors import (
     UNKNOWN_FORMAT,
     ClickHouseError,
 )
+from chserver.native import restore_zones
 from chserver.sql import READ_ONLY_KINDS, Statement, analyze, tokens
 from chserver.stream import STREAM_FORMATS, ResultStream, header_length
 
@@ -61,6 +63,7 @@ HEAD_WINDOW = 1 << 20  # an INSERT's statement must start within the first MiB o
 INSERT_CHUNK = 8 << 20
 STREAM_AFTER = 1 << 20  # a result is answered whole up to this size; beyond it, the rest is streamed
 STREAM_KINDS = frozenset({"SELECT", "WITH", "("})  # chDB streams only queries (SHOW … → BAD_ARGUMENTS)
+_BARE_DATETIME = b"\x08DateTime"  # a Native column header whose type lost its zone (chserver.native)
 TAG_PREFIX = "/*chserver:"  # leads the SQL given to chDB, so system.processes tells which request a query is
 
 
@@ -130,6 +133,7 @@ class QueryRequest:
     stream: bool = False  # the client accepts a streamed answer (not wait_end_of_query=1)
     tag: str = ""  # set while running: the engine-side marker of this request's chDB query
     external: list[ExternalTable] = field(default_factory=list)  # multipart file parts → temporary tables
+    current_database: str | None = None  # the database the query runs in, when the server chose it
 
 
 @dataclass
@@ -573,6 +577,7 @@ class Engine:
             prelude.append("SET " + ", ".join(f"{k} = {_quote(v)}" for k, v in req.settings.items()))
         if req.database and req.database != "default":
             prelude.append(f"USE {_ident(req.database)}")
+        req.current_database = req.database
         changes_state = bool(prelude) or stmt.kind in ("SET", "USE") or stmt.temporary or bool(req.external)
 
         session = self._session(req) if req.session_id else None
@@ -686,6 +691,7 @@ class Engine:
             self._create_external(conn, req)  # before readonly is locked; the connection is closed afterwards
             if database in databases:
                 conn._conn.query(f"USE {_ident(database)}", "TabSeparated", params={})
+                req.current_database = database
             level = 1 if req.readonly == 1 else profile.readonly  # a client may ask for the stricter readonly=1
             conn._conn.query(f"SET readonly = {int(level)}", "TabSeparated", params={})
             tree = conn._conn.query("EXPLAIN AST " + sql, "TabSeparated", params=req.params).bytes().decode()
@@ -738,6 +744,8 @@ class Engine:
             return self._query_stream(conn, req, sql, out_format, cleanup)
         res = conn._conn.query(sql, out_format, params=req.params)
         body = res.bytes()
+        if out_format == "Native" and _BARE_DATETIME in body and stmt is not None and stmt.kind in STREAM_KINDS:
+            body = restore_zones(body, self._datetime_zones(conn, req))
         summary = {
             "read_rows": str(res.rows_read()),
             "read_bytes": str(res.bytes_read()),
@@ -768,6 +776,21 @@ class Engine:
             parts.append(piece)
             size += len(piece)
         body = b"".join(parts)
+        if out_format == "Native" and _BARE_DATETIME in body and not req.external:
+            # The query's connection is busy streaming: another one tells the types, in the request's
+            # database. It cannot see a session's temporary tables (DESCRIBE then fails: zones stay lost).
+            other = chdb.connect(self._path)
+            try:
+                if req.current_database:
+                    other._conn.query(f"USE {_ident(req.current_database)}", "TabSeparated", params={})
+                zones = self._datetime_zones(other, req)
+            except RuntimeError:
+                zones = {}
+            finally:
+                self._release(other, reusable=False)
+            if zones:
+                body = restore_zones(body, zones)
+                stream.transform = lambda piece: restore_zones(piece, zones)
         summary = _summary()  # what is known when the answer starts (ClickHouse's header is as early)
         summary.update(read_rows=str(stream.rows_read), read_bytes=str(stream.bytes_read),
                        total_rows_to_read=str(stream.rows_read), result_bytes=str(size))
@@ -796,6 +819,23 @@ class Engine:
                 conn._conn.query(f"INSERT INTO {name} FROM INFILE {_quote(f.name)} FORMAT {fmt}", "TabSeparated",
                                  params={}).bytes()
         return drops
+
+    def _datetime_zones(self, conn: Any, req: QueryRequest) -> dict[int, str]:
+        """Positions and full types of the query's top-level ``DateTime('zone')`` columns (see chserver.native)."""
+        text = req.raw.decode("utf-8")
+        toks = list(tokens(text))
+        cut = [(t.start, toks[i + 1].end) for i, t in enumerate(toks[:-1])
+               if t.depth == 0 and t.kind == "word" and t.text.upper() == "FORMAT" and toks[i + 1].kind == "word"]
+        for start, end in reversed(cut):
+            text = text[:start] + text[end:]
+        try:
+            # one JSON array per column (a Tuple's type is printed on several lines)
+            rows = conn._conn.query(f"DESCRIBE TABLE ({text})", "JSONCompactEachRow", params=req.params).bytes()
+        except RuntimeError:
+            log.debug("DESCRIBE for column time zones failed", exc_info=True)
+            return {}
+        types = [json.loads(line)[1] for line in rows.splitlines() if line.strip()]
+        return {i: t for i, t in enumerate(types) if t.startswith("DateTime(")}
 
     def _insert(self, conn: Any, req: QueryRequest, stmt: Statement) -> QueryResult:
         """``INSERT … FORMAT f`` + data: the data goes to a temporary file loaded with ``FROM INFILE``.

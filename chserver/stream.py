@@ -91,6 +91,7 @@ class ResultStream:
         self._on_close = on_close
         self._kill = kill
         self.done = False
+        self.transform: Callable[[bytes], bytes] | None = None  # e.g. time zones put back into Native headers
         self.rows_read = 0
         self.bytes_read = 0
         self._lock = threading.Lock()
@@ -113,7 +114,7 @@ class ResultStream:
         self.bytes_read += chunk.bytes_read()
         if self._header and data.startswith(self._header):
             data = data[len(self._header) :]
-        return data
+        return self.transform(data) if self.transform else data
 
     def close(self) -> None:
         """Stop early (client gone, KILL QUERY): kill the engine's query, drop the stream, release the connection."""
