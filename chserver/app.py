@@ -230,6 +230,16 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
         tag = secrets.token_urlsafe(12)
         headers_out["X-ClickHouse-Exception-Tag"] = tag
         loop = asyncio.get_running_loop()
+        finished: list[bool] = []
+
+        def finish() -> None:
+            """Once: cancel the query if the stream did not end (client gone, server stopping), free the slot."""
+            if finished:
+                return
+            finished.append(True)
+            if not stream.done:
+                loop.run_in_executor(pool, stream.close)  # type: ignore[arg-type]
+            release()  # type: ignore[operator]
 
         async def body() -> AsyncIterator[bytes]:
             compressor = compression.Compressor(encoding, _level(params)) if encoding else None
@@ -244,13 +254,18 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
                 block = exception_block(tag, exc.body(engine.version))
                 yield compressor.compress(block) if compressor else block
             finally:
-                if not stream.done:  # the client went away (or the server stops): cancel the query
-                    loop.run_in_executor(pool, stream.close)  # type: ignore[arg-type]
-                release()  # type: ignore[operator]
+                finish()
             if compressor:
                 yield compressor.flush()
 
-        return StreamingResponse(body(), media_type=content_type(result.format), headers=headers_out)
+        class Streamed(StreamingResponse):
+            async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]  # noqa: ANN001
+                try:
+                    await super().__call__(scope, receive, send)
+                finally:
+                    finish()  # also when the body was never started (the client left before the headers)
+
+        return Streamed(body(), media_type=content_type(result.format), headers=headers_out)
 
     async def query(request: Request) -> Response:
         try:

@@ -7,8 +7,9 @@
   statements on permitted databases, allowlisted table functions, bounded time/memory/rows;
 * the service user (``query_service``) gets the same rules plus ``file()``/``s3()`` under the lake.
 
-chDB refuses user management (CREATE USER → ACCESS_DENIED), so users live in the server's
-configuration, as in a real server's users.xml. Credentials come, as ClickHouse accepts them, from
+chDB refuses user management (CREATE USER → ACCESS_DENIED), so these users live in the server's
+configuration, as in a real server's users.xml; users created with SQL are emulated by
+:mod:`chserver.accounts` (reader rules limited to their grants). Credentials come, as ClickHouse accepts them, from
 HTTP Basic auth, ``X-ClickHouse-User``/``X-ClickHouse-Key`` headers or ``user``/``password`` URL parameters.
 """
 
