@@ -25,7 +25,7 @@ from starlette.routing import Route
 from chserver import compression
 from chserver.accounts import USERS_FILE, admin_kind
 from chserver.auth import Users, credentials
-from chserver.engine import Engine, QueryResult, require_utf8
+from chserver.engine import Engine, QueryResult, RunningQuery, require_utf8
 from chserver.errors import (
     ACCESS_DENIED,
     AUTHENTICATION_FAILED,
@@ -191,13 +191,14 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
 
     def run(
         method: str, params: dict[str, str], headers: dict[str, str], body: bytes, user_name: str, query_id: str,
-        files: list[tuple[str, bytes]],
+        files: list[tuple[str, bytes]], running: RunningQuery,
     ) -> tuple[QueryResult, bytes, str | None]:
         """Worker-thread part: decompress, execute, compress (a streamed result is compressed piece by piece)."""
         user = users.get(user_name)
         data = compression.decompress(body, headers.get("content-encoding"))
         req = build_query_request(method, params, data, user, files)
         req.query_id = query_id
+        req.running = running
         req.stream = params.get("wait_end_of_query", "0") not in ("1", "true")
         kind = admin_kind(req.raw[:4096].decode("latin-1"))
         if kind is not None and accounts is not None:
@@ -307,7 +308,14 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
             admission = engine.admission(user.name, user.profile)
             admission.__enter__()
             try:
-                work = loop.run_in_executor(pool, run, request.method, params, headers, body, user.name, query_id, files)
+                preview = (params.get("query", "") + "\n" + body[:1000].decode("utf-8", errors="replace"))[:1000]
+                running = engine.register(query_id, user.name, preview)
+            except BaseException:
+                admission.__exit__(None, None, None)
+                raise
+            try:
+                work = loop.run_in_executor(pool, run, request.method, params, headers, body, user.name, query_id, files,
+                                            running)
                 gone = asyncio.ensure_future(until_disconnected(request))
                 await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
                 if not work.done():
@@ -318,9 +326,11 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
                 gone.cancel()
                 result, payload, encoding = await work
             except BaseException:
+                engine.unregister(running)  # idempotent: a failure before the engine took the request
                 admission.__exit__(None, None, None)
                 raise
             if result.stream is None:
+                engine.unregister(running)
                 admission.__exit__(None, None, None)
         except ClickHouseError as exc:
             return error_response(exc, query_id)

@@ -134,6 +134,7 @@ class QueryRequest:
     tag: str = ""  # set while running: the engine-side marker of this request's chDB query
     external: list[ExternalTable] = field(default_factory=list)  # multipart file parts → temporary tables
     current_database: str | None = None  # the database the query runs in, when the server chose it
+    running: RunningQuery | None = None  # registered by the HTTP layer on arrival
 
 
 @dataclass
@@ -417,19 +418,28 @@ class Engine:
         return QueryResult(body=body, format=out_format, summary=_summary())
 
     # --- running queries: KILL QUERY and client disconnects ----------------------------------------
-    def _register(self, req: QueryRequest) -> RunningQuery:
-        if not req.query_id:
-            req.query_id = str(uuid.uuid4())
-        req.tag = uuid.uuid4().hex
-        text = req.raw[:1000].decode("utf-8", errors="replace")
-        running = RunningQuery(query_id=req.query_id, user=req.user, tag=req.tag, query=text)
+    def register(self, query_id: str, user: str, preview: str = "") -> RunningQuery:
+        """A request from its arrival on (the HTTP layer calls this before the request waits for a thread,
+        so a KILL or a disconnect also reaches a request still queued: it is refused when it starts)."""
+        running = RunningQuery(query_id=query_id or str(uuid.uuid4()), user=user, tag=uuid.uuid4().hex, query=preview)
         with self._running_lock:
-            if req.query_id in self._queries:
+            if running.query_id in self._queries:
                 raise ClickHouseError(
-                    QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING, f"Query with id = {req.query_id} is already running."
+                    QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING, f"Query with id = {running.query_id} is already running."
                 )
-            self._queries[req.query_id] = running
+            self._queries[running.query_id] = running
         return running
+
+    def _register(self, req: QueryRequest) -> RunningQuery:
+        running = req.running
+        if running is None:  # a direct caller (not the HTTP layer)
+            running = req.running = self.register(req.query_id, req.user)
+        req.query_id, req.tag = running.query_id, running.tag
+        running.query = req.raw[:1000].decode("utf-8", errors="replace")
+        return running
+
+    def unregister(self, running: RunningQuery) -> None:
+        self._unregister(running)
 
     def _unregister(self, running: RunningQuery) -> None:
         with self._running_lock:
@@ -507,7 +517,7 @@ class Engine:
         if fmt is None:
             raise ClickHouseError(UNKNOWN_FORMAT, f"Unknown output format {out_format}")
         with self._running_lock:
-            running = list(self._queries.values())
+            running = [r for r in self._queries.values() if r.query_id != req.query_id]  # not the KILL itself
         conn = chdb.connect(self._path)
         try:
             if req.profile.restricted:
