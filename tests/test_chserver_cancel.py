@@ -157,3 +157,25 @@ def test_a_streamed_query_is_cancelled_when_its_client_disconnects(chserver: ChS
     assert engine_running(chserver, marker) == 1
     sock.close()
     assert wait_until(lambda: engine_running(chserver, marker) == 0, timeout=10)
+
+
+def test_a_queued_query_whose_client_left_never_runs(chserver: ChServer) -> None:
+    """Eight slow reader queries fill the restricted pool; a service-user query waits behind them. Its client
+    leaves; when the pool frees up, the queued query is refused instead of running for nobody."""
+    marker = f"queued_{uuid.uuid4().hex[:8]}"
+    fillers = [raw_post(chserver, SLOW.replace("SELECT", f"SELECT '{marker}f{i}',", 1), READER) for i in range(8)]
+    try:
+        assert wait_until(lambda: engine_running(chserver, f"{marker}f") == 8)
+        service = ("query_service", chserver.service_password)
+        waiting = raw_post(chserver, SLOW.replace("SELECT", f"SELECT '{marker}q',", 1), service)
+        time.sleep(0.5)
+        assert engine_running(chserver, f"{marker}q") == 0  # queued, not running
+        waiting.close()
+        time.sleep(0.3)
+        assert len(kill(chserver, f"query LIKE '%{marker}f%' SYNC")) == 8
+        assert wait_until(lambda: engine_running(chserver, f"{marker}f") == 0)
+        time.sleep(1.5)  # the pool is free: the queued request has started by now — and must have been refused
+        assert engine_running(chserver, f"{marker}q") == 0
+    finally:
+        for sock in fillers:
+            sock.close()

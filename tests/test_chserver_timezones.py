@@ -38,10 +38,10 @@ def test_table_columns_keep_their_zones_among_other_types(ch: Client) -> None:
     )
     try:
         instant = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+        epoch = int(instant.timestamp())
         ch.command(
             f"INSERT INTO {t} SELECT toString(number % 7), map('k', [toString(number), NULL]), (toString(number), number / 3), "
-            f"if(number % 2, NULL, 'q'), toDateTime({int(instant.timestamp())}), NULL, 'x', toDateTime({int(instant.timestamp())}) "
-            "FROM numbers(300000)"
+            f"if(number % 2, NULL, 'q'), toDateTime({epoch}), NULL, 'x', toDateTime({epoch}) FROM numbers(300000)"
         )
         # big enough to be streamed in many blocks: every block's header is fixed
         r = ch.query(f"SELECT * FROM {t} SETTINGS max_block_size = 10000")
