@@ -203,6 +203,7 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
         kind = admin_kind(req.raw[:4096].decode("latin-1"))
         if kind is not None and accounts is not None:
             require_utf8(req.raw)
+            engine.analyze(req.raw)  # one statement per request, as for every other query
             may_admin = not user.profile.restricted and not user.readonly and req.readonly == 0
             columns, rows = accounts.execute(kind, req.raw.decode(), user.name, may_admin, req.database or "default")
             result = engine.table_result(req, columns, rows)

@@ -39,6 +39,13 @@ def db(chserver: ChServer) -> Iterator[str]:
     ok(chserver, f"DROP DATABASE {name}")
 
 
+def test_user_without_password_and_on_cluster_clause(chserver: ChServer) -> None:
+    user = f"u_{uuid.uuid4().hex[:6]}"
+    ok(chserver, f"CREATE USER {user} ON CLUSTER default HOST ANY")  # no IDENTIFIED: no password, as ClickHouse
+    assert ok(chserver, "SELECT currentDatabase() != ''", (user, "")) == "1\n"
+    ok(chserver, f"DROP USER IF EXISTS {user}")
+
+
 def test_created_user_reads_only_what_was_granted(chserver: ChServer, db: str) -> None:
     user = f"u_{uuid.uuid4().hex[:6]}"
     me = (user, "pw-1")
@@ -101,6 +108,8 @@ def test_access_statements_errors(chserver: ChServer) -> None:
     assert code(sql(chserver, "DROP USER nobody_here")) == (403, "192")  # UNKNOWN_USER
     ok(chserver, "DROP USER IF EXISTS nobody_here")
     assert code(sql(chserver, f"GRANT SELECT(x) ON t.a TO {user}")) == (501, "48")
+    assert code(sql(chserver, f"GRANT SELECT ON t.* TO {user}; GRANT ALL ON *.* TO {user}")) == (400, "62")
+    assert ok(chserver, f"SHOW GRANTS FOR {user}") == ""  # nothing of the refused request was applied
     ok(chserver, f"DROP USER {user}")
 
 
