@@ -16,7 +16,13 @@ writes no file). The rules checked on that tree:
   database, e.g. ``x IN db.t``, ``EXISTS db.t``, ``SHOW TABLES FROM db``) must be in a permitted
   database; an unqualified name resolves to the request's current database, which is always a
   permitted one (``database``/``USE`` to another is refused);
-* no ``INTO OUTFILE`` (a ``Literal`` child of the query node itself).
+* no ``INTO OUTFILE`` (a ``Literal`` child of the query node itself);
+* functions that read a table or dictionary by name (``dictGet*``/``dictHas``/``dictIsIn``…,
+  ``joinGet[OrNull]``, ``hasColumnInTable``) must name it with a literal or identifier in a permitted
+  database — a computed name (``concat(…)``) cannot be checked and is refused;
+* the system tables that show other users' queries or the access setup (``system.processes``,
+  ``system.query_log`` and the other ``*_log`` tables, ``system.errors``, ``system.users``/``grants``…,
+  ``SHOW PROCESSLIST``) are refused: a reader sees nobody's queries but its own answers.
 
 The statement kind is also checked by the engine: restricted users run with ``readonly=2`` set on
 their connection *after* the server applied their profile and vetted settings, so ClickHouse itself
@@ -41,6 +47,18 @@ SAFE_TABLE_FUNCTIONS = frozenset(
 )  # fmt: skip
 # Scalar functions that read the server's files (their names are not table functions).
 FILE_SCALAR_FUNCTIONS = frozenset({"file", "catboostevaluate"})
+# Functions whose first argument names a table/dictionary ('db.name' or db.name).
+NAMED_TABLE_FUNCTIONS = ("dictget", "dicthas", "dictisin", "dictgethierarchy", "dictgetchildren", "dictgetdescendants",
+                         "joinget")  # prefixes, lower case: dictGetString, dictGetOrDefault, joinGetOrNull …
+# System tables that show other users' queries, errors or the access configuration.
+PRIVATE_SYSTEM_TABLES = frozenset(
+    {"processes", "query_log", "query_thread_log", "query_views_log", "query_metric_log", "session_log", "text_log",
+     "trace_log", "part_log", "processors_profile_log", "opentelemetry_span_log", "asynchronous_insert_log",
+     "crash_log", "backup_log", "blob_storage_log", "s3queue_log", "filesystem_cache_log", "error_log", "errors",
+     "zookeeper_log", "users", "roles", "grants", "role_grants", "settings_profiles", "settings_profile_elements",
+     "quotas", "quota_usage", "quotas_usage", "quota_limits", "row_policies", "user_directories", "user_processes",
+     "kafka_consumers", "dns_cache"}
+)  # fmt: skip
 # Table functions whose first argument is a path/URL a profile may allow by prefix.
 PATH_TABLE_FUNCTIONS = {"file": "file", "s3": "url", "url": "url"}
 
@@ -69,6 +87,7 @@ class Profile:
     readonly: int = 2  # the engine's readonly level on the user's connection (2: reads + vetted settings)
     limits: dict[str, int] = field(default_factory=dict)  # max_execution_time, max_memory_usage, … (0 = unlimited)
     max_concurrent_queries: int = 0  # 0 = no per-user limit
+    tables: frozenset[tuple[str, str]] = frozenset()  # single permitted tables (GRANT SELECT ON db.t)
 
     def permits(self, database: str) -> bool:
         """A permitted database: listed, or matching a listed pattern (``dbt_*``)."""
@@ -76,8 +95,15 @@ class Profile:
             return True
         return any(fnmatch.fnmatchcase(database, p) for p in self.databases if any(c in p for c in "*?["))
 
+    def permits_table(self, database: str, table: str) -> bool:
+        return self.permits(database) or (database, table) in self.tables
+
+    def permits_any(self, database: str) -> bool:
+        """The whole database, or at least one table of it (naming it, e.g. as current database, is allowed)."""
+        return self.permits(database) or any(db == database for db, _ in self.tables)
+
     def check_database(self, user: str, database: str) -> None:
-        if self.restricted and not self.permits(database):
+        if self.restricted and not self.permits_any(database):
             raise ClickHouseError(ACCESS_DENIED, f"{user}: Not enough privileges. To execute this query, it's necessary "
                                   f"to have the grant SHOW DATABASES ON {database}.*")
 
@@ -155,8 +181,12 @@ def check_ast(
         return
     for i, node in enumerate(nodes):
         parent = next((nodes[j] for j in range(i - 1, -1, -1) if nodes[j].depth < node.depth), None)
+        if node.kind == "ShowProcesslistQuery":
+            _deny(user, "SHOW PROCESSLIST shows other users' queries")
         if node.kind == "Function":
             name = node.text.split(" ", 1)[0].lower()
+            if name.startswith(NAMED_TABLE_FUNCTIONS) or name == "hascolumnintable":
+                _check_named_table(user, profile, nodes, i, name, current_db)
             if name in FILE_SCALAR_FUNCTIONS - PATH_TABLE_FUNCTIONS.keys():
                 _deny(user, f"function {name}() is not allowed for this user")
             if name in PATH_TABLE_FUNCTIONS and (profile.file_roots or profile.url_prefixes):
@@ -171,18 +201,73 @@ def check_ast(
             if len(parts) > 2:
                 _deny(user, f"table name {node.text!r} is ambiguous")
             db = parts[0] if len(parts) == 2 else current_db
-            if not profile.permits(db):
-                _deny(user, f"database {db} is not permitted for this user")
+            if not profile.permits_table(db, parts[-1]):
+                _deny(user, f"{'table ' + db + '.' + parts[-1] if profile.permits_any(db) else 'database ' + db} "
+                      "is not permitted for this user")
+            _check_system_table(user, db, parts[-1])
         elif node.kind == "Identifier":
             # x IN db.t, EXISTS db.t, SHOW TABLES FROM db, USE db …: a name that is an existing database
             # other than a permitted one is refused (a column or alias spelled like one is refused too)
-            first = node.text.split(".")[0]
-            if first in databases and not profile.permits(first):
+            parts = node.text.split(".")
+            first = parts[0]
+            if first in databases and not (
+                profile.permits_table(first, parts[1]) if len(parts) == 2 else profile.permits_any(first)
+            ):
                 _deny(user, f"database {first} is not permitted for this user")
+            if len(parts) == 2:
+                _check_system_table(user, parts[0], parts[1])
         elif node.kind == "Literal" and parent is not None and (
             parent.kind.endswith("Query") or parent.kind.startswith("Show")
         ) and parent.kind != "SelectQuery":
             _deny(user, "INTO OUTFILE is not allowed")
+
+
+def _check_system_table(user: str, db: str, table: str) -> None:
+    if db == "system" and table.strip("`") in PRIVATE_SYSTEM_TABLES:
+        _deny(user, f"system.{table} shows other users' queries or the access configuration")
+
+
+def _arguments(nodes: list[Node], i: int) -> list[Node]:
+    """The direct argument nodes of the Function at ``nodes[i]``."""
+    fn = nodes[i]
+    if i + 1 >= len(nodes) or nodes[i + 1].kind != "ExpressionList" or nodes[i + 1].depth != fn.depth + 1:
+        return []
+    out: list[Node] = []
+    for node in nodes[i + 2 :]:
+        if node.depth <= fn.depth + 1:
+            break
+        if node.depth == fn.depth + 2:
+            out.append(node)
+    return out
+
+
+def _check_named_table(user: str, profile: Profile, nodes: list[Node], i: int, name: str, current_db: str) -> None:
+    """dictGet('db.d', …) / joinGet(db.t, …) / hasColumnInTable('db', 't', 'c'): the named database is permitted."""
+    args = _arguments(nodes, i)
+    if name == "hascolumnintable":
+        if len(args) != 3 or args[0].kind != "Literal" or (db := _unescape_literal(args[0].text)) is None:
+            _deny(user, "hasColumnInTable() takes a literal local database name for this user")
+        if not profile.permits_any(db):
+            _deny(user, f"database {db} is not permitted for this user")
+        return
+    if not args:
+        return  # the engine reports the missing argument
+    first = args[0]
+    if first.kind == "Literal":
+        target = _unescape_literal(first.text)
+    elif first.kind == "Identifier":
+        target = first.text.replace("`", "")
+    else:
+        target = None
+    if target is None:
+        _deny(user, f"{name}() must name its table or dictionary with a literal for this user")
+    parts = target.split(".")
+    if len(parts) > 2:
+        _deny(user, f"table name {target!r} is ambiguous")
+    db = parts[0] if len(parts) == 2 else current_db
+    if not profile.permits_table(db, parts[-1]):
+        _deny(user, f"database {db} is not permitted for this user")
+    _check_system_table(user, db, parts[-1])
 
 
 def _first_argument(nodes: list[Node], i: int) -> str | None:
@@ -218,7 +303,7 @@ def check_canonical(user: str, profile: Profile, canonical: str, databases: set[
         word = tok.text if tok.kind == "word" else tok.text[1:-1].replace("``", "`") if tok.kind == "qid" else ""
         if prev == "INTO" and tok.text.upper() == "OUTFILE":
             _deny(user, "INTO OUTFILE is not allowed")
-        if word and word in databases and not profile.permits(word):
+        if word and word in databases and not profile.permits_any(word):
             _deny(user, f"database {word} is not permitted for this user")
         prev = tok.text.upper() if tok.kind == "word" else ""
 

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import re
+import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,22 +19,23 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from chserver import compression
+from chserver.accounts import USERS_FILE, admin_kind
 from chserver.auth import Users, credentials
-from chserver.engine import Engine, QueryResult
+from chserver.engine import Engine, QueryResult, RunningQuery, require_utf8
 from chserver.errors import (
     ACCESS_DENIED,
     AUTHENTICATION_FAILED,
     BAD_ARGUMENTS,
-    NOT_IMPLEMENTED,
     STD_EXCEPTION,
     UNSUPPORTED_METHOD,
     ClickHouseError,
 )
 from chserver.request import build_query_request
+from chserver.stream import exception_block
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +57,28 @@ def content_type(fmt: str) -> str:
 
 
 def _last_values(request: Request) -> dict[str, str]:
+    """The URL parameters (the last value of each); one that is not UTF-8 is refused, never silently
+    replaced by U+FFFD (Starlette's decoding) — a query would then run with other bytes than sent."""
+    from urllib.parse import unquote_to_bytes
+
+    raw = request.scope.get("query_string", b"")
+    if any(b >= 0x80 for b in raw) or b"%" in raw:
+        for pair in raw.split(b"&"):
+            key, _, value = pair.partition(b"=")
+            name = unquote_to_bytes(key.replace(b"+", b" ")).decode("utf-8", errors="replace")
+            require_utf8(unquote_to_bytes(value.replace(b"+", b" ")), f"URL parameter {name!r}")
+            require_utf8(unquote_to_bytes(key.replace(b"+", b" ")), "A URL parameter name")
     return {k: v for k, v in request.query_params.multi_items()}
 
 
-def merge_form_fields(params: dict[str, str], content_type_header: str, body: bytes) -> tuple[dict[str, str], bytes]:
+def merge_form_fields(
+    params: dict[str, str], content_type_header: str, body: bytes
+) -> tuple[dict[str, str], bytes, list[tuple[str, bytes]]]:
     """multipart/form-data: ``query`` and ``param_*`` fields join the URL parameters (as in ClickHouse).
 
-    File parts are ClickHouse "external data" (temporary tables shipped with the query), which
-    this server does not support: they are refused with NOT_IMPLEMENTED.
+    File parts are ClickHouse "external data": each is a temporary table named by its form field,
+    shaped by the ``<name>_structure`` (or ``<name>_types``) and ``<name>_format`` parameters —
+    returned as (name, data) for :func:`chserver.request.build_query_request`.
     """
     import email.parser
     import email.policy
@@ -73,15 +89,22 @@ def merge_form_fields(params: dict[str, str], content_type_header: str, body: by
     if not message.is_multipart():
         raise ClickHouseError(STD_EXCEPTION, "Malformed multipart/form-data body")
     merged = dict(params)
+    files: list[tuple[str, bytes]] = []
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        if part.get_filename() is not None:
-            raise ClickHouseError(NOT_IMPLEMENTED, "External data (multipart file parts) is not supported by this server")
         if not name:
             raise ClickHouseError(STD_EXCEPTION, "multipart/form-data part without a name")
         payload = part.get_payload(decode=True) or b""
-        merged[str(name)] = payload.decode("utf-8")
-    return merged, b""
+        if part.get_filename() is not None:
+            files.append((str(name), payload))
+            continue
+        merged[str(name)] = require_utf8(payload, f"Form field {name!r}")
+    return merged, b"", files
+
+
+def _level(params: dict[str, str]) -> int | None:
+    level = params.get("http_zlib_compression_level")
+    return int(level) if level and level.isdigit() else None
 
 
 _HEADER_SAFE = re.compile(r"^[\x20-\x7e]{0,256}$")
@@ -149,6 +172,7 @@ def origin_checker(allowed: str):  # noqa: ANN201 - a small closure
 def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failures_per_minute: int = 10) -> Starlette:
     """The ASGI app serving ``engine``; closing the app (lifespan shutdown) closes the engine."""
     check_origin = origin_checker(cors_origins)
+    accounts = users.attach_store(engine.data_dir / USERS_FILE)
     logins = LoginLimiter(login_failures_per_minute)
 
     def base_headers(query_id: str) -> dict[str, str]:
@@ -165,25 +189,91 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
             headers["WWW-Authenticate"] = 'Basic realm="ClickHouse"'
         return PlainTextResponse(exc.body(engine.version), status_code=exc.http_status, headers=headers)
 
-    def run(method: str, params: dict[str, str], headers: dict[str, str], body: bytes, user_name: str) -> tuple[
-        QueryResult, bytes, str | None
-    ]:
-        """Worker-thread part: decompress, execute, compress."""
+    def run(
+        method: str, params: dict[str, str], headers: dict[str, str], body: bytes, user_name: str, query_id: str,
+        files: list[tuple[str, bytes]], running: RunningQuery,
+    ) -> tuple[QueryResult, bytes, str | None]:
+        """Worker-thread part: decompress, execute, compress (a streamed result is compressed piece by piece)."""
         user = users.get(user_name)
         data = compression.decompress(body, headers.get("content-encoding"))
-        req = build_query_request(method, params, data, user)
-        result = engine.execute(req)
+        req = build_query_request(method, params, data, user, files)
+        req.query_id = query_id
+        req.running = running
+        req.stream = params.get("wait_end_of_query", "0") not in ("1", "true")
+        kind = admin_kind(req.raw[:4096].decode("latin-1"))
+        if kind is not None and accounts is not None:
+            require_utf8(req.raw)
+            engine.analyze(req.raw)  # one statement per request, as for every other query
+            may_admin = not user.profile.restricted and not user.readonly and req.readonly == 0
+            columns, rows = accounts.execute(kind, req.raw.decode(), user.name, may_admin, req.database or "default")
+            result = engine.table_result(req, columns, rows)
+        else:
+            result = engine.execute(req)
         payload = result.body
         encoding = None
         if params.get("enable_http_compression", "0") in ("1", "true") and payload:
             encoding = compression.choose(headers.get("accept-encoding"))
-            if encoding:
-                level = params.get("http_zlib_compression_level")
-                payload = compression.compress(payload, encoding, int(level) if level and level.isdigit() else None)
+            if encoding and result.stream is None:
+                payload = compression.compress(payload, encoding, _level(params))
         return result, payload, encoding
 
+    async def until_disconnected(request: Request) -> None:
+        """Returns when the client has gone (after the body was read, the next ASGI message is the disconnect)."""
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    def streamed(result: QueryResult, payload: bytes, encoding: str | None, params: dict[str, str],
+                 headers_out: dict[str, str], pool: object, release: object) -> StreamingResponse:
+        """The first part, then block after block from the engine; an error on the way is sent in-band."""
+        stream = result.stream
+        assert stream is not None
+        tag = secrets.token_urlsafe(12)
+        headers_out["X-ClickHouse-Exception-Tag"] = tag
+        loop = asyncio.get_running_loop()
+        finished: list[bool] = []
+
+        def finish() -> None:
+            """Once: cancel the query if the stream did not end (client gone, server stopping), free the slot."""
+            if finished:
+                return
+            finished.append(True)
+            if not stream.done:
+                loop.run_in_executor(pool, stream.close)  # type: ignore[arg-type]
+            release()  # type: ignore[operator]
+
+        async def body() -> AsyncIterator[bytes]:
+            compressor = compression.Compressor(encoding, _level(params)) if encoding else None
+            try:
+                piece: bytes | None = payload
+                while piece is not None:
+                    if piece:
+                        yield compressor.compress(piece) if compressor else piece
+                    piece = await loop.run_in_executor(pool, stream.fetch)  # type: ignore[arg-type]
+            except ClickHouseError as exc:
+                log.info("query %s failed after its first block: %s", headers_out["X-ClickHouse-Query-Id"], exc.message)
+                block = exception_block(tag, exc.body(engine.version))
+                yield compressor.compress(block) if compressor else block
+            finally:
+                finish()
+            if compressor:
+                yield compressor.flush()
+
+        class Streamed(StreamingResponse):
+            async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]  # noqa: ANN001
+                try:
+                    await super().__call__(scope, receive, send)
+                finally:
+                    finish()  # also when the body was never started (the client left before the headers)
+
+        return Streamed(body(), media_type=content_type(result.format), headers=headers_out)
+
     async def query(request: Request) -> Response:
-        params = _last_values(request)
+        try:
+            params = _last_values(request)
+        except ClickHouseError as exc:
+            return error_response(exc, str(uuid.uuid4()))
         query_id = params.get("query_id") or str(uuid.uuid4())
         if not _HEADER_SAFE.match(query_id):
             query_id = str(uuid.uuid4())  # never echo a header value that would break the response
@@ -210,14 +300,39 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
                 logins.failed(client)
                 raise
             body = await request.body()
+            files: list[tuple[str, bytes]] = []
             if headers.get("content-type", "").startswith("multipart/form-data"):
                 # clickhouse-connect sends the query and long bound parameters as form fields
-                params, body = merge_form_fields(params, headers["content-type"], body)
+                params, body, files = merge_form_fields(params, headers["content-type"], body)
             loop = asyncio.get_running_loop()
-            with engine.admission(user.name, user.profile):
-                result, payload, encoding = await loop.run_in_executor(
-                    engine.executor_for(user.profile), run, request.method, params, headers, body, user.name
-                )
+            pool = engine.executor_for(user.profile)
+            admission = engine.admission(user.name, user.profile)
+            admission.__enter__()
+            try:
+                preview = (params.get("query", "") + "\n" + body[:1000].decode("utf-8", errors="replace"))[:1000]
+                running = engine.register(query_id, user.name, preview)
+            except BaseException:
+                admission.__exit__(None, None, None)
+                raise
+            try:
+                work = loop.run_in_executor(pool, run, request.method, params, headers, body, user.name, query_id, files,
+                                            running)
+                gone = asyncio.ensure_future(until_disconnected(request))
+                await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if not work.done():
+                    # The client disconnected while its query runs: cancel it (ClickHouse's
+                    # cancel_http_readonly_queries_on_client_close, for every query here).
+                    log.info("client of query %s disconnected: cancelling it", query_id)
+                    await loop.run_in_executor(None, engine.kill, query_id)
+                gone.cancel()
+                result, payload, encoding = await work
+            except BaseException:
+                engine.unregister(running)  # idempotent: a failure before the engine took the request
+                admission.__exit__(None, None, None)
+                raise
+            if result.stream is None:
+                engine.unregister(running)
+                admission.__exit__(None, None, None)
         except ClickHouseError as exc:
             return error_response(exc, query_id)
         except Exception as exc:  # noqa: BLE001 - any failure is a ClickHouse-style error, never a crash
@@ -232,6 +347,8 @@ def create_app(engine: Engine, users: Users, cors_origins: str = "", login_failu
         if encoding:
             headers_out["Content-Encoding"] = encoding
         headers_out.update(cors_headers(request))
+        if result.stream is not None:
+            return streamed(result, payload, encoding, params, headers_out, pool, lambda: admission.__exit__(None, None, None))
         return Response(payload, media_type=content_type(result.format), headers=headers_out)
 
     def cors_headers(request: Request) -> dict[str, str]:

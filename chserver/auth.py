@@ -7,8 +7,9 @@
   statements on permitted databases, allowlisted table functions, bounded time/memory/rows;
 * the service user (``query_service``) gets the same rules plus ``file()``/``s3()`` under the lake.
 
-chDB refuses user management (CREATE USER → ACCESS_DENIED), so users live in the server's
-configuration, as in a real server's users.xml. Credentials come, as ClickHouse accepts them, from
+chDB refuses user management (CREATE USER → ACCESS_DENIED), so these users live in the server's
+configuration, as in a real server's users.xml; users created with SQL are emulated by
+:mod:`chserver.accounts` (reader rules limited to their grants). Credentials come, as ClickHouse accepts them, from
 HTTP Basic auth, ``X-ClickHouse-User``/``X-ClickHouse-Key`` headers or ``user``/``password`` URL parameters.
 """
 
@@ -19,12 +20,14 @@ import binascii
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chserver.access import SAFE_TABLE_FUNCTIONS, Profile
 from chserver.errors import AUTHENTICATION_FAILED, ClickHouseError
 
 if TYPE_CHECKING:
+    from chserver.accounts import Accounts
     from eventpipe_core.settings import Settings
 
 
@@ -82,10 +85,31 @@ def reader_profile(settings: Settings, service: bool = False) -> Profile:
 
 
 class Users:
-    """Authenticates requests against a fixed set of users."""
+    """Authenticates requests against the configured users and those created with SQL (:mod:`chserver.accounts`)."""
 
     def __init__(self, users: list[User]):
         self._users = {u.name: u for u in users}
+        self.accounts: Accounts | None = None
+
+    def attach_store(self, path: Path | None) -> Accounts:
+        """Load (and from now on keep) the users created with CREATE USER in ``path``."""
+        from chserver.accounts import Accounts, AccountStore
+
+        writer = next((u.name for u in self._users.values() if not u.profile.restricted), "default")
+        template = next(
+            (u.profile for u in self._users.values() if u.profile.restricted and not u.profile.file_roots
+             and not u.profile.url_prefixes),
+            Profile(restricted=True, limits={"max_execution_time": 60}),
+        )
+        builtin = {u.name: u.profile for u in self._users.values()}
+        self.accounts = Accounts(AccountStore(path), builtin, writer, template)
+        return self.accounts
+
+    def _created(self, name: str) -> User | None:
+        account = self.accounts.store.accounts.get(name) if self.accounts is not None else None
+        if account is None or self.accounts is None:
+            return None
+        return User(name, "", readonly=True, profile=account.profile(self.accounts.template))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Users:
@@ -105,7 +129,10 @@ class Users:
         return list(self._users)
 
     def get(self, name: str) -> User:
-        return self._users[name]
+        user = self._users.get(name) or self._created(name)
+        if user is None:
+            raise ClickHouseError(AUTHENTICATION_FAILED, f"{name}: there is no such user (any more)")
+        return user
 
     def authenticate(self, headers: Mapping[str, str], params: Mapping[str, str]) -> User:
         """The request's user; no credentials at all (for a user with a password) is HTTP 401, a wrong one 403."""
@@ -113,6 +140,9 @@ class Users:
         user = self._users.get(name)
         # Compare even for unknown users so timing does not reveal which names exist.
         ok = hmac.compare_digest(password.encode(), (user.password if user else "\0invalid").encode())
+        if user is None and self.accounts is not None and name in self.accounts.store.accounts:
+            ok = self.accounts.store.accounts[name].check_password(password)
+            user = self._created(name)
         if user is None or not ok:
             exc = ClickHouseError(
                 AUTHENTICATION_FAILED,

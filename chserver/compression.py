@@ -106,3 +106,35 @@ def compress(data: bytes, method: str, level: int | None = None) -> bytes:
     if method == "lz4":
         return lz4.frame.compress(data)
     raise ValueError(method)
+
+
+class Compressor:
+    """Incremental response compression for a streamed answer (one stream, many pieces)."""
+
+    def __init__(self, method: str, level: int | None = None):
+        self.method = method
+        if method == "gzip":
+            self._c = zlib.compressobj(level if level is not None else 3, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+        elif method == "deflate":
+            self._c = zlib.compressobj(level if level is not None else 3)
+        elif method == "zstd":
+            self._c = zstandard.ZstdCompressor(level=level if level is not None else 3).compressobj()
+        elif method == "lz4":
+            self._c = lz4.frame.LZ4FrameCompressor()
+            self._started = False
+        else:
+            raise ValueError(method)
+
+    def compress(self, data: bytes) -> bytes:
+        if self.method == "lz4":
+            head = b""
+            if not self._started:
+                self._started = True
+                head = self._c.begin()
+            return head + self._c.compress(data)
+        return self._c.compress(data)
+
+    def flush(self) -> bytes:
+        if self.method == "lz4":
+            return (b"" if self._started else self._c.begin()) + self._c.flush()
+        return self._c.flush()

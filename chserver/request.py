@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 
 from chserver.auth import User
-from chserver.engine import QueryRequest
+from chserver.engine import ExternalTable, QueryRequest
 from chserver.errors import BAD_ARGUMENTS, NOT_IMPLEMENTED, READONLY, ClickHouseError
 
 # URL parameters handled by the HTTP layer (ClickHouse's HTTPHandler and clickhouse-connect's transport set).
@@ -30,8 +30,46 @@ _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TRUE = ("1", "true")
 
 
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# Words that start an expression in a column declaration: refused in an external table's structure,
+# which is put into CREATE TEMPORARY TABLE by the server (a DEFAULT (SELECT … file()) would run as it).
+_EXPRESSION_WORDS = frozenset(
+    {"DEFAULT", "MATERIALIZED", "ALIAS", "EPHEMERAL", "CODEC", "TTL", "COMMENT", "SETTINGS", "STATISTICS", "PRIMARY",
+     "KEY", "INDEX", "PROJECTION", "CONSTRAINT", "CHECK", "ASSUME", "AS", "SELECT"}
+)  # fmt: skip
+
+
+def external_structure(name: str, structure: str | None, types: str | None) -> str:
+    """``name Type, …`` for CREATE TEMPORARY TABLE: column names and types only (``_types`` → ``_1 T1, _2 T2``)."""
+    from chserver.sql import tokens
+
+    if structure is None and types is None:
+        raise ClickHouseError(
+            BAD_ARGUMENTS, f"Neither structure nor types have been provided for external table {name}: "
+            f"send {name}_structure or {name}_types"
+        )
+    text = structure if structure is not None else types
+    assert text is not None
+    toks = list(tokens(text))
+    for tok in toks:
+        if tok.kind in ("semi", "comment") or (tok.kind == "word" and tok.text.upper() in _EXPRESSION_WORDS) or (
+            tok.kind == "other" and tok.text not in ",=-"
+        ):
+            raise ClickHouseError(
+                BAD_ARGUMENTS, f"Invalid {name}_{'structure' if structure is not None else 'types'}: column names and "
+                f"types only ({tok.text!r} is not allowed)"
+            )
+    if not toks:
+        raise ClickHouseError(BAD_ARGUMENTS, f"Empty structure for external table {name}")
+    if structure is not None:
+        return text
+    cuts = [t.start for t in toks if t.depth == 0 and t.text == ","]
+    pieces = [text[a:b].strip() for a, b in zip([0, *(c + 1 for c in cuts)], [*cuts, len(text)], strict=True)]
+    return ", ".join(f"_{i + 1} {t}" for i, t in enumerate(pieces))
+
+
 def build_query_request(
-    method: str, params: Mapping[str, str], body: bytes, user: User
+    method: str, params: Mapping[str, str], body: bytes, user: User, files: list[tuple[str, bytes]] | None = None
 ) -> QueryRequest:
     """Map one HTTP request onto a :class:`QueryRequest` (``body`` already decompressed)."""
     if params.get("compress", "0") in _TRUE:
@@ -46,9 +84,21 @@ def build_query_request(
     else:
         raw = body
 
+    external: list[ExternalTable] = []
+    table_params: set[str] = set()
+    for name, data in files or ():
+        if not _TABLE_NAME.match(name):
+            raise ClickHouseError(BAD_ARGUMENTS, f"Invalid external table name {name!r}")
+        keys = {k: f"{name}_{k}" for k in ("structure", "types", "format")}
+        table_params.update(keys.values())
+        structure = external_structure(name, params.get(keys["structure"]), params.get(keys["types"]))
+        external.append(ExternalTable(name, structure, params.get(keys["format"]) or "TabSeparated", data))
+
     settings: dict[str, str] = {}
     bind: dict[str, str] = {}
     for key, value in params.items():
+        if key in table_params:
+            continue
         if key.startswith("param_"):
             bind[key[6:]] = value
         elif key not in PROTOCOL_PARAMS:
@@ -82,6 +132,7 @@ def build_query_request(
         session_id=params.get("session_id") or None,
         session_timeout=_session_timeout(params.get("session_timeout")),
         session_check=params.get("session_check", "0") in _TRUE,
+        external=external,
     )
 
 

@@ -82,11 +82,27 @@ HOSTILE: list[tuple[str, tuple[int, int]]] = [
     ("ALTER TABLE analytics.sec_t DELETE WHERE 1", READONLY),
     ("OPTIMIZE TABLE analytics.sec_t", READONLY),
     ("SYSTEM FLUSH LOGS", READONLY),
-    ("KILL QUERY WHERE 1", READONLY),
+    ("KILL QUERY WHERE 1", DENIED),  # readers may kill only their own queries, named by id
     ("CREATE USER x IDENTIFIED BY 'y'", READONLY),
     ("GRANT ALL ON *.* TO reader", READONLY),
     ("/* comment */ DROP TABLE analytics.sec_t", READONLY),
     ("(SELECT 1); DROP TABLE analytics.sec_t", (400, 62)),
+    # tables and dictionaries named inside functions
+    ("SELECT dictGet('secret_db.d', 'x', toUInt64(1))", DENIED),
+    ("SELECT dictGetOrDefault('secret_db.d', 'x', toUInt64(1), '')", DENIED),
+    ("SELECT dictHas(secret_db.d, toUInt64(1))", DENIED),
+    ("SELECT dictGet(concat('secret_db', '.d'), 'x', toUInt64(1))", DENIED),
+    ("SELECT joinGet('secret_db.j', 'v', toUInt64(1))", DENIED),
+    ("SELECT joinGet(secret_db.j, 'v', toUInt64(1))", DENIED),
+    ("SELECT joinGetOrNull(`secret_db`.`j`, 'v', toUInt64(1))", DENIED),
+    ("SELECT hasColumnInTable('secret_db', 't', 'x')", DENIED),
+    # other users' queries and the access configuration
+    ("SELECT query FROM system.processes", DENIED),
+    ("SELECT query FROM `system`.`processes`", DENIED),
+    ("SELECT query FROM system.query_log", DENIED),
+    ("SELECT 1 WHERE 'x' IN (SELECT query FROM system.processes)", DENIED),
+    ("SELECT last_error_message FROM system.errors", DENIED),
+    ("SHOW PROCESSLIST", DENIED),
 ]
 
 # Statements a reader may run.
@@ -109,6 +125,11 @@ ALLOWED = [
     "SELECT 1 SETTINGS max_threads = 1, max_execution_time = 5",
     "SET max_threads = 2",
     "SELECT number FROM numbers(2) FORMAT JSONEachRow",
+    "SELECT joinGet('analytics.sec_j', 'v', toUInt64(1))",
+    "SELECT joinGet(sec_j, 'v', toUInt64(1))",
+    "SELECT dictGet('analytics.sec_d', 'v', toUInt64(1))",
+    "SELECT hasColumnInTable('analytics', 'sec_t', 'a')",
+    "SELECT count() FROM system.one",
 ]
 
 
@@ -121,11 +142,21 @@ def setup(chserver: ChServer) -> Iterator[ChServer]:
             "INSERT INTO secret_db.t VALUES ('secret')",
             "CREATE TABLE IF NOT EXISTS analytics.sec_t (a UInt64) ENGINE = Memory",
             "INSERT INTO analytics.sec_t VALUES (1)",
+            "CREATE TABLE IF NOT EXISTS secret_db.j (k UInt64, v String) ENGINE = Join(ANY, LEFT, k)",
+            "INSERT INTO secret_db.j VALUES (1, 'secret')",
+            "CREATE TABLE IF NOT EXISTS analytics.sec_j (k UInt64, v String) ENGINE = Join(ANY, LEFT, k)",
+            "INSERT INTO analytics.sec_j VALUES (1, 'public')",
+            "CREATE DICTIONARY IF NOT EXISTS secret_db.d (k UInt64, x String) PRIMARY KEY k "
+            "SOURCE(CLICKHOUSE(QUERY 'SELECT 1 AS k, \\'secret\\' AS x')) LIFETIME(0) LAYOUT(FLAT())",
+            "CREATE DICTIONARY IF NOT EXISTS analytics.sec_d (k UInt64, v String) PRIMARY KEY k "
+            "SOURCE(CLICKHOUSE(QUERY 'SELECT 1 AS k, \\'public\\' AS v')) LIFETIME(0) LAYOUT(FLAT())",
         ):
             assert w.post("/", content=sql.encode()).status_code == 200, sql
         yield chserver
         w.post("/", content=b"DROP DATABASE secret_db")
         w.post("/", content=b"DROP TABLE analytics.sec_t")
+        w.post("/", content=b"DROP TABLE analytics.sec_j")
+        w.post("/", content=b"DROP DICTIONARY analytics.sec_d")
 
 
 @pytest.fixture()
@@ -276,3 +307,10 @@ def test_slow_readers_cannot_stall_the_writer(setup: ChServer) -> None:
     codes = sorted(x.headers.get("X-ClickHouse-Exception-Code", "ok") for x in results)
     assert codes.count("ok") == 8 and codes.count("202") == 4, codes
     assert all(x.status_code == 503 for x in results if x.status_code != 200)
+
+
+@pytest.mark.parametrize("sql", ["SELECT query FROM processes", "SELECT count() FROM query_log"])
+def test_reader_private_system_tables_refused_unqualified_too(reader: httpx.Client, sql: str) -> None:
+    r = reader.post("/", content=sql.encode(), params={"database": "system"})
+    assert (r.status_code, r.headers.get("X-ClickHouse-Exception-Code")) == (403, "497"), r.text
+    assert reader.post("/", content=b"SELECT count() FROM one", params={"database": "system"}).text == "1\n"
