@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
+import msgspec
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,8 +26,12 @@ from eventpipe_core.event_model import (
     COLUMN_NAMES,
     EVENT_FIELDS,
     FLOAT_COLUMNS,
+    INT64_MAX,
+    INT64_MIN,
     INT_COLUMNS,
     JSON_COLUMNS,
+    MAX_TIME_MS,
+    MIN_TIME_MS,
     RAW_EVENT_SCHEMA,
     InvalidEnvelope,
     as_text,
@@ -134,10 +141,14 @@ def _decode_chunk_per_record(records: Sequence[BufferedRecord], partition: int, 
 
 
 def _loads(value: bytes) -> Any:
+    """The values ``json.loads`` gives (the reference decoder's), faster: msgspec parses integers
+    beyond 64 bits exactly, where orjson silently turns them into floats (-9223372036854775809
+    became INT64_MIN and passed the range check); the standard library for what msgspec refuses
+    (NaN, 1e400, lone surrogates, a BOM)."""
     try:
-        return orjson.loads(value)
-    except orjson.JSONDecodeError:
-        try:  # what orjson refuses the reference decoder may still take (e.g. integers beyond 64 bits)
+        return msgspec.json.decode(value)
+    except msgspec.MsgspecError:
+        try:
             return json.loads(value)
         except (UnicodeDecodeError, ValueError) as exc:
             raise InvalidEnvelope(f"undecodable JSON: {exc}") from exc
@@ -259,6 +270,149 @@ def _decode_chunk_bulk(records: Sequence[BufferedRecord], partition: int, hours:
     _split_by_hour(table, [int(e["time"]) // 3_600_000 for e in events], hours)
 
 
+# --- fast path: msgspec structs whose constraints only accept what the shared rule accepts --------
+# A record the structs take is valid by ``event_problems``/``parse_envelope`` (the constraints are
+# that rule restricted to exact JSON types: strings as strings, integers as integers, numbers within
+# range) and its row is built column-wise with no per-record Python; every other record — a number
+# sent as a string, a float ``time``, a lone surrogate, anything the structs refuse — goes through the
+# reference path above, so the shared rule alone decides what is dead-lettered.
+_F64 = msgspec.Meta(ge=-sys.float_info.max, le=sys.float_info.max)  # finite (JSON's 1e400 is inf)
+_I64 = msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)
+_MS = msgspec.Meta(ge=MIN_TIME_MS, le=MAX_TIME_MS)
+_REQUIRED = {"insert_id": Annotated[str, msgspec.Meta(min_length=1)],
+             "event_type": Annotated[str, msgspec.Meta(min_length=1)], "time": Annotated[int, _MS]}
+
+
+def _fast_event_struct() -> type:
+    fields: list[Any] = [(name, _REQUIRED[name]) for name in ("insert_id", "event_type", "time")]
+    for name, _col, kind in _EVENT_COLUMNS:
+        if name in _REQUIRED:
+            continue
+        typ: Any = {"json": msgspec.Raw, "int": Annotated[int, _I64] | None, "float": Annotated[float, _F64] | None,
+                    "str": str | None}[kind]
+        fields.append((name, typ, msgspec.Raw() if kind == "json" else None))
+    return msgspec.defstruct("FastEvent", fields)
+
+
+_FastEvent = _fast_event_struct()
+_FAST_NAMES = _FastEvent.__struct_fields__
+_FAST_COLUMN = {name: col for name, col, _kind in _EVENT_COLUMNS} | {"time": "event_time"}
+_FAST_KIND = {name: kind for name, _col, kind in _EVENT_COLUMNS}
+
+
+class _FastEnvelope(msgspec.Struct):
+    v: Literal[1]
+    event: _FastEvent  # type: ignore[valid-type]
+    project: str
+    received_at: Annotated[int, _MS]
+    client_ip: str | None = None
+    upload_id: str | None = None
+    plan_violations: list[str] | None = None
+
+
+_FAST_DECODE = msgspec.json.Decoder(_FastEnvelope).decode
+_NULL = b"null"
+
+
+def _fast_decode(values: list[bytes | None]) -> list[Any]:
+    """Each value as a ``_FastEnvelope``, or None where the structs refuse it (reference path)."""
+    try:
+        envs: list[Any] = list(map(_FAST_DECODE, values))  # type: ignore[arg-type]
+    except (msgspec.MsgspecError, TypeError):
+        envs = []
+        for value in values:
+            try:
+                envs.append(_FAST_DECODE(value))  # type: ignore[arg-type]
+            except (msgspec.MsgspecError, TypeError):
+                envs.append(None)
+    for i, env in enumerate(envs):  # the one cross-field rule: a truthy user_id or device_id
+        if env is not None and not (env.event.user_id or env.event.device_id):
+            envs[i] = None
+    return envs
+
+
+def _json_column(raws: Sequence[Any]) -> list[str | None]:
+    """Raw JSON slices -> ``json_text`` of their values (keys sorted, compact): one orjson parse of
+    all of them; null or absent -> None."""
+    texts: list[str | None] = [None] * len(raws)
+    idx = [i for i, r in enumerate(raws) if r and r != _NULL]
+    if not idx:
+        return texts
+    joined = b"[" + b",".join([bytes(raws[i]) for i in idx]) + b"]"  # each slice is one JSON value
+    try:
+        parsed = msgspec.json.decode(joined)
+    except msgspec.MsgspecError:  # e.g. NaN or 1e400 somewhere: one by one, as json.loads reads them
+        parsed = [_loads(bytes(raws[i])) for i in idx]
+    for i, value in zip(idx, parsed, strict=True):
+        texts[i] = _json_text(value)
+    return texts
+
+
+def _fast_table(envs: list[Any], offsets: list[int], partition: int) -> tuple[pa.Table, np.ndarray]:
+    """The rows of envelopes the structs took (same values as ``envelope_to_row``), and their
+    event-hour numbers (epoch hours, floored)."""
+    events = [e.event for e in envs]
+    by_name = dict(zip(_FAST_NAMES, zip(*map(msgspec.structs.astuple, events), strict=True), strict=True))
+    types = {f.name: f.type for f in RAW_EVENT_SCHEMA}
+    cols: dict[str, Any] = {}
+    for name, values in by_name.items():
+        col = _FAST_COLUMN[name]
+        if name == "time":
+            continue
+        if _FAST_KIND[name] == "json":
+            values = _json_column(values)
+        cols[col] = pa.array(values, type=types[col])
+    times = np.fromiter(by_name["time"], dtype=np.int64, count=len(events))
+    cols["event_time"] = pa.array(times).cast(types["event_time"])
+    cols["project"] = pa.array([e.project for e in envs], type=pa.string())
+    cols["received_at"] = pa.array([e.received_at for e in envs], type=pa.int64()).cast(types["received_at"])
+    cols["client_ip"] = pa.array([e.client_ip for e in envs], type=pa.string())
+    cols["upload_id"] = pa.array([e.upload_id for e in envs], type=pa.string())
+    cols["plan_violations"] = pa.array([_json_text(e.plan_violations) if e.plan_violations else None for e in envs],
+                                       type=pa.string())
+    cols["kafka_partition"] = pa.array(np.full(len(envs), partition, dtype=np.int32))
+    cols["kafka_offset"] = pa.array(np.asarray(offsets, dtype=np.int64))
+    return pa.table([cols[f.name] for f in RAW_EVENT_SCHEMA], schema=RAW_EVENT_SCHEMA), times // 3_600_000
+
+
+def _split_hours(table: pa.Table, hour_ids: np.ndarray, hours: dict[tuple[str, str], HourData]) -> None:
+    """Arrow-native split: one filter per distinct event hour (rows keep their order)."""
+    distinct = np.unique(hour_ids)
+    if len(distinct) == 1:
+        parts = [(int(distinct[0]), table)]
+    else:
+        parts = [(int(h), table.filter(pa.array(hour_ids == h))) for h in distinct]
+    for h, part in parts:
+        ts = datetime.fromtimestamp(h * 3600, tz=UTC)
+        hour_id = (ts.strftime("%Y-%m-%d"), ts.strftime("%H"))
+        hours.setdefault(hour_id, HourData(*hour_id)).batches.extend(part.combine_chunks().to_batches())
+
+
+def _decode_chunk_fast(records: Sequence[BufferedRecord], partition: int, hours: dict[tuple[str, str], HourData],
+                       rejected: list[Rejected]) -> None:
+    envs = _fast_decode([r.value for r in records])
+    slow = [r for r, e in zip(records, envs, strict=True) if e is None]
+    if len(slow) == len(records):
+        _decode_chunk_bulk(records, partition, hours, rejected)
+        return
+    taken = [e for e in envs if e is not None]
+    offsets = [r.offset for r, e in zip(records, envs, strict=True) if e is not None]
+    try:
+        table, hour_ids = _fast_table(taken, offsets, partition)
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        _decode_chunk_bulk(records, partition, hours, rejected)
+        return
+    if slow:  # the reference path decides these; rows of both paths merged back in offset order
+        slow_hours: dict[tuple[str, str], HourData] = {}
+        _decode_chunk_bulk(slow, partition, slow_hours, rejected)
+        if slow_hours:
+            extra = pa.concat_tables([h.table() for h in slow_hours.values()])
+            table = pa.concat_tables([table, extra]).sort_by("kafka_offset")
+            times = table.column("event_time").cast(pa.int64()).to_numpy()
+            hour_ids = times // 3_600_000
+    _split_hours(table, hour_ids, hours)
+
+
 def decode_records(records: Sequence[BufferedRecord], partition: int, chunk_rows: int = CHUNK_ROWS) -> DecodedBatch:
     """Split a batch into rows grouped by event hour (UTC) and rejected records with reasons.
 
@@ -273,7 +427,7 @@ def decode_records(records: Sequence[BufferedRecord], partition: int, chunk_rows
     hours: dict[tuple[str, str], HourData] = {}
     rejected: list[Rejected] = []
     for start in range(0, len(records), chunk_rows):
-        _decode_chunk_bulk(records[start:start + chunk_rows], partition, hours, rejected)
+        _decode_chunk_fast(records[start:start + chunk_rows], partition, hours, rejected)
     rejected.sort(key=lambda r: r.record.offset)
     return DecodedBatch({k: v for k, v in sorted(hours.items()) if v.rows}, rejected)
 
