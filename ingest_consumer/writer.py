@@ -7,6 +7,7 @@ cannot represent (e.g. an integer beyond int64) — becomes a dead letter with t
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import sys
@@ -291,7 +292,7 @@ def _fast_event_struct() -> type:
         typ: Any = {"json": msgspec.Raw, "int": Annotated[int, _I64] | None, "float": Annotated[float, _F64] | None,
                     "str": str | None}[kind]
         fields.append((name, typ, msgspec.Raw() if kind == "json" else None))
-    return msgspec.defstruct("FastEvent", fields)
+    return msgspec.defstruct("FastEvent", fields, gc=False)  # no cycles: GC need not track 100k of them
 
 
 _FastEvent = _fast_event_struct()
@@ -300,7 +301,7 @@ _FAST_COLUMN = {name: col for name, col, _kind in _EVENT_COLUMNS} | {"time": "ev
 _FAST_KIND = {name: kind for name, _col, kind in _EVENT_COLUMNS}
 
 
-class _FastEnvelope(msgspec.Struct):
+class _FastEnvelope(msgspec.Struct, gc=False):
     v: Literal[1]
     event: _FastEvent  # type: ignore[valid-type]
     project: str
@@ -317,35 +318,52 @@ _NULL = b"null"
 def _fast_decode(values: list[bytes | None]) -> list[Any]:
     """Each value as a ``_FastEnvelope``, or None where the structs refuse it (reference path)."""
     try:
-        envs: list[Any] = list(map(_FAST_DECODE, values))  # type: ignore[arg-type]
+        return list(map(_FAST_DECODE, values))  # type: ignore[arg-type]
     except (msgspec.MsgspecError, TypeError):
-        envs = []
+        envs: list[Any] = []
         for value in values:
             try:
                 envs.append(_FAST_DECODE(value))  # type: ignore[arg-type]
             except (msgspec.MsgspecError, TypeError):
                 envs.append(None)
-    for i, env in enumerate(envs):  # the one cross-field rule: a truthy user_id or device_id
-        if env is not None and not (env.event.user_id or env.event.device_id):
-            envs[i] = None
-    return envs
+        return envs
 
 
-def _json_column(raws: Sequence[Any]) -> list[str | None]:
-    """Raw JSON slices -> ``json_text`` of their values (keys sorted, compact): one orjson parse of
-    all of them; null or absent -> None."""
-    texts: list[str | None] = [None] * len(raws)
-    idx = [i for i, r in enumerate(raws) if r and r != _NULL]
-    if not idx:
-        return texts
-    joined = b"[" + b",".join([bytes(raws[i]) for i in idx]) + b"]"  # each slice is one JSON value
+def _json_column(raws: Sequence[Any]) -> pa.Array:
+    """Raw JSON slices -> ``json_text`` of their values (keys sorted, compact); null or absent -> null.
+
+    One parse and one sorted serialisation of the whole column: when that equals the slices joined
+    (the collector writes keys sorted), every slice already is its canonical text and the column is
+    built from the slices' bytes; otherwise each value is re-serialised."""
+    n = len(raws)
+    present = [i for i, r in enumerate(raws) if r and r != _NULL]
+    if not present:
+        return pa.nulls(n, pa.string())
+    chunks = [bytes(raws[i]) for i in present] if len(present) < n else list(map(bytes, raws))
+    joined = b"[" + b",".join(chunks) + b"]"  # each slice is one JSON value
     try:
         parsed = msgspec.json.decode(joined)
     except msgspec.MsgspecError:  # e.g. NaN or 1e400 somewhere: one by one, as json.loads reads them
-        parsed = [_loads(bytes(raws[i])) for i in idx]
-    for i, value in zip(idx, parsed, strict=True):
-        texts[i] = _json_text(value)
-    return texts
+        parsed = [_loads(c) for c in chunks]
+    else:
+        try:
+            canonical = orjson.dumps(parsed, option=orjson.OPT_SORT_KEYS) == joined
+        except TypeError:  # an integer beyond 64 bits: json_text writes it
+            canonical = False
+        if canonical:
+            lengths = np.fromiter(map(len, chunks), dtype=np.int32, count=len(chunks))
+            offsets = np.zeros(len(chunks) + 1, dtype=np.int32)
+            np.cumsum(lengths, out=offsets[1:])
+            texts = pa.StringArray.from_buffers(len(chunks), pa.py_buffer(offsets), pa.py_buffer(b"".join(chunks)))
+            if len(present) == n:
+                return texts
+            where = np.full(n, -1, dtype=np.int64)
+            where[present] = np.arange(len(present))
+            return texts.take(pa.array(where, mask=where < 0))
+    out: list[str | None] = [None] * n
+    for i, value in zip(present, parsed, strict=True):
+        out[i] = _json_text(value)
+    return pa.array(out, type=pa.string())
 
 
 def _fast_table(envs: list[Any], offsets: list[int], partition: int) -> tuple[pa.Table, np.ndarray]:
@@ -359,9 +377,7 @@ def _fast_table(envs: list[Any], offsets: list[int], partition: int) -> tuple[pa
         col = _FAST_COLUMN[name]
         if name == "time":
             continue
-        if _FAST_KIND[name] == "json":
-            values = _json_column(values)
-        cols[col] = pa.array(values, type=types[col])
+        cols[col] = _json_column(values) if _FAST_KIND[name] == "json" else pa.array(values, type=types[col])
     times = np.fromiter(by_name["time"], dtype=np.int64, count=len(events))
     cols["event_time"] = pa.array(times).cast(types["event_time"])
     cols["project"] = pa.array([e.project for e in envs], type=pa.string())
@@ -373,6 +389,16 @@ def _fast_table(envs: list[Any], offsets: list[int], partition: int) -> tuple[pa
     cols["kafka_partition"] = pa.array(np.full(len(envs), partition, dtype=np.int32))
     cols["kafka_offset"] = pa.array(np.asarray(offsets, dtype=np.int64))
     return pa.table([cols[f.name] for f in RAW_EVENT_SCHEMA], schema=RAW_EVENT_SCHEMA), times // 3_600_000
+
+
+def _no_id_mask(table: pa.Table) -> np.ndarray | None:
+    """Rows with neither a non-empty user_id nor a non-empty device_id (None if there are none)."""
+    has = pc.or_kleene(pc.greater(pc.binary_length(table.column("user_id")), 0),
+                       pc.greater(pc.binary_length(table.column("device_id")), 0))
+    missing = pc.invert(pc.fill_null(has, False))
+    if not pc.any(missing).as_py():
+        return None
+    return missing.to_numpy(zero_copy_only=False)
 
 
 def _split_hours(table: pa.Table, hour_ids: np.ndarray, hours: dict[tuple[str, str], HourData]) -> None:
@@ -402,6 +428,12 @@ def _decode_chunk_fast(records: Sequence[BufferedRecord], partition: int, hours:
     except (pa.ArrowException, OverflowError, TypeError, ValueError):
         _decode_chunk_bulk(records, partition, hours, rejected)
         return
+    no_id = _no_id_mask(table)  # the one cross-field rule: a truthy user_id or device_id
+    if no_id is not None:
+        taken_records = [r for r, e in zip(records, envs, strict=True) if e is not None]
+        slow = sorted(slow + [r for r, bad in zip(taken_records, no_id, strict=True) if bad], key=lambda r: r.offset)
+        keep = pa.array(~no_id)
+        table, hour_ids = table.filter(keep), hour_ids[~no_id]
     if slow:  # the reference path decides these; rows of both paths merged back in offset order
         slow_hours: dict[tuple[str, str], HourData] = {}
         _decode_chunk_bulk(slow, partition, slow_hours, rejected)
@@ -416,18 +448,31 @@ def _decode_chunk_fast(records: Sequence[BufferedRecord], partition: int, hours:
 def decode_records(records: Sequence[BufferedRecord], partition: int, chunk_rows: int = CHUNK_ROWS) -> DecodedBatch:
     """Split a batch into rows grouped by event hour (UTC) and rejected records with reasons.
 
-    Bulk path: each chunk's values are parsed by orjson (one C call per record), checked with the
-    shared rule (:func:`eventpipe_core.event_model.parse_envelope`) and turned into Arrow column by
-    column, then split by event hour with Arrow filters — no per-row dicts, no ``from_pylist``. A
-    chunk Arrow refuses (e.g. a value it cannot represent) is redone by the per-record reference
-    decoder to find the offending records. Rows equal ``envelope_to_row``'s (JSON text columns are
-    the same JSON, possibly formatted differently: orjson writes ``1e16`` where Python writes
-    ``1e+16``) — tests/test_ingest_units.py checks it.
+    Fast path (every record the collector writes): msgspec decodes each value into typed structs
+    whose constraints are the shared rule (:func:`eventpipe_core.event_model.event_problems`)
+    restricted to exact JSON types; the structs' fields become Arrow columns (property maps from
+    their raw JSON slices, kept as they are when already canonical — sorted keys, compact — and
+    re-serialised otherwise); the split by event hour is one Arrow filter per hour. General path
+    (any record the structs refuse): parsed as ``json.loads`` would, checked by
+    :func:`~eventpipe_core.event_model.parse_envelope` — the only place a dead-letter reason comes
+    from — and turned into Arrow column by column; a chunk Arrow refuses (e.g. a lone surrogate) is
+    redone record by record to find the offending ones. Rows of both paths are merged back in offset
+    order. Rows equal ``envelope_to_row``'s (JSON text columns are the same JSON, possibly formatted
+    differently: orjson writes ``1e16`` where Python writes ``1e+16``, and a non-finite number inside
+    a map as null) — tests/test_ingest_units.py checks both paths against each other and the
+    reference on hostile inputs. The garbage collector is paused meanwhile (the structs and tuples
+    of a 100k-record batch hold no cycles; collecting while they pile up cost more than decoding).
     """
     hours: dict[tuple[str, str], HourData] = {}
     rejected: list[Rejected] = []
-    for start in range(0, len(records), chunk_rows):
-        _decode_chunk_fast(records[start:start + chunk_rows], partition, hours, rejected)
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        for start in range(0, len(records), chunk_rows):
+            _decode_chunk_fast(records[start:start + chunk_rows], partition, hours, rejected)
+    finally:
+        if paused:
+            gc.enable()
     rejected.sort(key=lambda r: r.record.offset)
     return DecodedBatch({k: v for k, v in sorted(hours.items()) if v.rows}, rejected)
 
