@@ -336,7 +336,7 @@ def _json_column(raws: Sequence[Any]) -> pa.Array:
     (the collector writes keys sorted), every slice already is its canonical text and the column is
     built from the slices' bytes; otherwise each value is re-serialised."""
     n = len(raws)
-    present = [i for i, r in enumerate(raws) if r and r != _NULL]
+    present = [i for i, r in enumerate(raws) if r and (len(r) != 4 or bytes(r) != _NULL)]  # Raw != bytes
     if not present:
         return pa.nulls(n, pa.string())
     chunks = [bytes(raws[i]) for i in present] if len(present) < n else list(map(bytes, raws))
