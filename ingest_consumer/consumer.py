@@ -217,28 +217,45 @@ class LandingConsumer:
             self._take(p, records)
 
     def _take(self, p: int, records: list[Any]) -> None:
+        """Buffer one poll's records of partition ``p`` (in offset order), flushing at the thresholds.
+
+        Bulk: the records are sliced at the expected offset and at the flush thresholds, not looked
+        at one by one (the per-record loop was a third of the landing's time)."""
         state = self.parts.get(p)
         if state is None:
             return  # revoked or not yet positioned: the assign after init re-fetches
         s = self.settings
-        n = 0
-        for r in records:
-            offset = r.offset()
-            if state.expected is not None and offset < state.expected:
-                continue  # already landed (or re-delivered after a seek)
-            if state.expected is not None and offset > state.expected:
-                log.warning("partition %d: offsets %d..%d absent in Kafka (retention/compaction); the batch covers them",
-                            p, state.expected, offset - 1)
-            state.add(BufferedRecord(offset, r.key(), r.value(), r.timestamp()[1]))
-            n += 1
+        i, n = 0, len(records)
+        if state.expected is not None:
+            while i < n and records[i].offset() < state.expected:
+                i += 1  # already landed (or re-delivered after a seek)
+        while i < n:
+            room = max(1, s.consumer_flush_records - len(state.buffer))
+            chunk = records[i:i + room]
+            sizes = [len(m) for m in chunk]  # value bytes
+            total = sum(sizes)
+            if state.bytes + total >= s.consumer_flush_bytes:  # cut where the byte threshold is reached
+                acc, cut = state.bytes, 0
+                while cut < len(chunk) and acc < s.consumer_flush_bytes:
+                    acc += sizes[cut]
+                    cut += 1
+                chunk, total = chunk[:cut], acc - state.bytes
+            first, last = chunk[0].offset(), chunk[-1].offset()
+            expected = state.expected if state.expected is not None else first
+            if first > expected or last - first != len(chunk) - 1:
+                log.warning("partition %d: offsets absent in Kafka between %d and %d (retention/compaction); the "
+                            "batch covers them", p, expected, last)
+            if not state.buffer:
+                state.opened_at = time.monotonic()
+            state.buffer.extend([BufferedRecord(m.offset(), m.key(), m.value(), m.timestamp()[1]) for m in chunk])
+            state.bytes += total
+            state.expected = last + 1
+            i += len(chunk)
+            self.metrics.records_consumed.inc(len(chunk))
+            self._window_records += len(chunk)
             if len(state.buffer) >= s.consumer_flush_records or state.bytes >= s.consumer_flush_bytes:
-                self.metrics.records_consumed.inc(n)
-                self._window_records += n
-                n = 0
                 if not self._flush(state):
                     return  # lost to another writer: we seeked; the rest of this poll is stale
-        self.metrics.records_consumed.inc(n)
-        self._window_records += n
 
     def _flush_due(self) -> None:
         now = time.monotonic()
