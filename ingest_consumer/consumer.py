@@ -6,7 +6,9 @@ The protocol and why it is exactly-once is in the package docstring; this module
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
+import operator
 import os
 import socket
 import threading
@@ -25,7 +27,7 @@ from ingest_consumer.commit_log import PartitionLog
 from ingest_consumer.dlq import DeadLetter, DlqWriter, reason_class
 from ingest_consumer.metrics import LandingMetrics
 from ingest_consumer.partitioner import new_attempt_id, object_key
-from ingest_consumer.writer import BufferedRecord, decode_records, event_time_range_ms, to_parquet
+from ingest_consumer.writer import BufferedRecord, decode_records, event_time_range_ms, record_offset, to_parquet
 
 log = logging.getLogger(__name__)
 RDKAFKA_LOG = logging.getLogger("ingest_consumer.librdkafka")  # librdkafka's own log lines, through logging
@@ -33,6 +35,10 @@ T = TypeVar("T")
 
 POLL_TIMEOUT_S = 0.5
 SHUTDOWN_FLUSH_S = 15.0  # SIGTERM: time left to flush before giving up (the stack kills after 20 s)
+
+
+_message_error = operator.methodcaller("error")  # C-level per-message calls
+_message_partition = operator.methodcaller("partition")
 
 
 class FlushAborted(Exception):
@@ -45,7 +51,7 @@ class PartitionState:
 
     log: PartitionLog
     expected: int | None  # next offset to take; None = whatever comes first (nothing committed yet)
-    buffer: list[BufferedRecord] = field(default_factory=list)
+    buffer: list[Any] = field(default_factory=list)  # confluent-kafka Messages (or BufferedRecords)
     bytes: int = 0
     opened_at: float = 0.0
 
@@ -207,12 +213,15 @@ class LandingConsumer:
             log.warning("poll failed (%s); retrying", exc)
             self.stop_event.wait(1.0)
             return
+        if any(map(_message_error, messages)):
+            for m in messages:
+                if m.error() is not None:
+                    log.warning("fetch error on %s [%s]: %s", m.topic(), m.partition(), m.error())
+            messages = [m for m in messages if m.error() is None]
+        # A poll returns runs of one partition's records (fetch batches): group the runs in C.
         by_partition: dict[int, list[Any]] = {}
-        for m in messages:
-            if m.error() is not None:
-                log.warning("fetch error on %s [%s]: %s", m.topic(), m.partition(), m.error())
-                continue
-            by_partition.setdefault(m.partition(), []).append(m)
+        for p, run in itertools.groupby(messages, key=_message_partition):
+            by_partition.setdefault(p, []).extend(run)
         for p, records in by_partition.items():
             self._take(p, records)
 
@@ -247,7 +256,7 @@ class LandingConsumer:
                             "batch covers them", p, expected, last)
             if not state.buffer:
                 state.opened_at = time.monotonic()
-            state.buffer.extend([BufferedRecord(m.offset(), m.key(), m.value(), m.timestamp()[1]) for m in chunk])
+            state.buffer.extend(chunk)  # the Messages themselves: decoding reads them column-wise
             state.bytes += total
             state.expected = last + 1
             i += len(chunk)
@@ -290,8 +299,8 @@ class LandingConsumer:
         """Land the open batch of one partition. True if committed, False if another writer won its seq."""
         plog, records = state.log, state.buffer
         p = plog.kafka_partition
-        start = plog.end_offset if plog.end_offset is not None else records[0].offset
-        end = records[-1].offset + 1
+        start = plog.end_offset if plog.end_offset is not None else record_offset(records[0])
+        end = record_offset(records[-1]) + 1
         decoded = decode_records(records, p)
         letters = [DeadLetter(self.topic, p, rj.record.offset, rj.record.key, rj.record.value, rj.reason, rj.record.timestamp_ms)
                    for rj in decoded.rejected]

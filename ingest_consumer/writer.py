@@ -414,24 +414,40 @@ def _split_hours(table: pa.Table, hour_ids: np.ndarray, hours: dict[tuple[str, s
         hours.setdefault(hour_id, HourData(*hour_id)).batches.extend(part.combine_chunks().to_batches())
 
 
-def _decode_chunk_fast(records: Sequence[BufferedRecord], partition: int, hours: dict[tuple[str, str], HourData],
+def buffered(record: Any) -> BufferedRecord:
+    """A BufferedRecord as is; a confluent-kafka Message (what the loop buffers) as one."""
+    if isinstance(record, BufferedRecord):
+        return record
+    return BufferedRecord(record.offset(), record.key(), record.value(), record.timestamp()[1])
+
+
+def record_offset(record: Any) -> int:
+    return record.offset if isinstance(record, BufferedRecord) else record.offset()
+
+
+def _decode_chunk_fast(records: Sequence[Any], partition: int, hours: dict[tuple[str, str], HourData],
                        rejected: list[Rejected]) -> None:
-    envs = _fast_decode([r.value for r in records])
-    slow = [r for r, e in zip(records, envs, strict=True) if e is None]
+    if records and isinstance(records[0], BufferedRecord):
+        values, all_offsets = [r.value for r in records], [r.offset for r in records]
+    else:  # confluent-kafka Messages: no per-record tuple until one is needed
+        values, all_offsets = [m.value() for m in records], [m.offset() for m in records]
+    envs = _fast_decode(values)
+    slow = [buffered(r) for r, e in zip(records, envs, strict=True) if e is None]
     if len(slow) == len(records):
-        _decode_chunk_bulk(records, partition, hours, rejected)
+        _decode_chunk_bulk(slow, partition, hours, rejected)
         return
     taken = [e for e in envs if e is not None]
-    offsets = [r.offset for r, e in zip(records, envs, strict=True) if e is not None]
+    offsets = [o for o, e in zip(all_offsets, envs, strict=True) if e is not None]
     try:
         table, hour_ids = _fast_table(taken, offsets, partition)
     except (pa.ArrowException, OverflowError, TypeError, ValueError):
-        _decode_chunk_bulk(records, partition, hours, rejected)
+        _decode_chunk_bulk([buffered(r) for r in records], partition, hours, rejected)
         return
     no_id = _no_id_mask(table)  # the one cross-field rule: a truthy user_id or device_id
     if no_id is not None:
         taken_records = [r for r, e in zip(records, envs, strict=True) if e is not None]
-        slow = sorted(slow + [r for r, bad in zip(taken_records, no_id, strict=True) if bad], key=lambda r: r.offset)
+        slow = sorted(slow + [buffered(r) for r, bad in zip(taken_records, no_id, strict=True) if bad],
+                      key=lambda r: r.offset)
         keep = pa.array(~no_id)
         table, hour_ids = table.filter(keep), hour_ids[~no_id]
     if slow:  # the reference path decides these; rows of both paths merged back in offset order
@@ -445,8 +461,9 @@ def _decode_chunk_fast(records: Sequence[BufferedRecord], partition: int, hours:
     _split_hours(table, hour_ids, hours)
 
 
-def decode_records(records: Sequence[BufferedRecord], partition: int, chunk_rows: int = CHUNK_ROWS) -> DecodedBatch:
-    """Split a batch into rows grouped by event hour (UTC) and rejected records with reasons.
+def decode_records(records: Sequence[Any], partition: int, chunk_rows: int = CHUNK_ROWS) -> DecodedBatch:
+    """Split a batch (BufferedRecords or confluent-kafka Messages) into rows grouped by event hour
+    (UTC) and rejected records with reasons.
 
     Fast path (every record the collector writes): msgspec decodes each value into typed structs
     whose constraints are the shared rule (:func:`eventpipe_core.event_model.event_problems`)
