@@ -288,6 +288,42 @@ def run_bare(settings: Settings, size: int, seconds: float, concurrency: int) ->
     return int(sum(counts) / elapsed), latencies
 
 
+def run_bare_open(settings: Settings, size: int, seconds: float, rate_eps: float) -> list[float]:
+    """The same envelopes, a batch on the collector's fixed schedule, each batch's latency from its
+    scheduled time to its last delivery report: the broker's (and the machine's) own p99 at that rate."""
+    from confluent_kafka import Producer
+
+    producer = Producer(librdkafka_producer_config(settings, client_id="bench-bare-open"))
+    batches = bare_envelopes(size)
+    interval = size / rate_eps
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def poller() -> None:
+        while not stop.is_set():
+            producer.poll(0.05)
+
+    polling = threading.Thread(target=poller, daemon=True)
+    polling.start()
+    start = time.perf_counter() + 0.05
+    for i in range(max(1, int(seconds / interval))):
+        scheduled = start + i * interval
+        time.sleep(max(0.0, scheduled - time.perf_counter()))
+        left = [size]
+
+        def report(err: Any, _msg: Any, left: list[int] = left, scheduled: float = scheduled) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                latencies.append(time.perf_counter() - scheduled)
+
+        for key, value in batches[i % len(batches)]:
+            producer.produce(settings.kafka_events_topic, value, key, on_delivery=report)
+    producer.flush(30)
+    stop.set()
+    polling.join()
+    return latencies
+
+
 def run_bare_stream(settings: Settings, size: int, seconds: float) -> int:
     """The same envelopes fire-and-forget (one flush at the end): librdkafka's own ceiling here."""
     from confluent_kafka import Producer
@@ -374,6 +410,9 @@ def main() -> None:
                     print(f"  batch {size}, {label}: asked {rate:,.0f} ev/s, achieved {got:,} ev/s, "
                           f"p50 {percentile(lat, .5) * 1000:.1f} ms, p99 {percentile(lat, .99) * 1000:.1f} ms, errors {err}")
                     print(f"    server side ({len(after)} workers): {server_quantiles(before, after)}")
+                    bare = run_bare_open(settings, size, args.seconds, rate)
+                    print(f"    bare librdkafka on the same schedule: p50 {percentile(bare, .5) * 1000:.1f} ms, "
+                          f"p99 {percentile(bare, .99) * 1000:.1f} ms — load average {os.getloadavg()[0]:.1f}")
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             try:

@@ -63,6 +63,7 @@ def main() -> None:
         "CLICKHOUSE_URL": f"http://default:@127.0.0.1:{free_port()}/analytics",
         "COLLECTOR_PORT": str(free_port()),
         "DAGSTER_PORT": str(free_port()),
+        "QUERY_API_PORT": str(free_port()),
         "CONSUMER_METRICS_PORT": str(free_port()),
         "DAGSTER_PARTITIONS_START": (datetime.now(UTC).date() - timedelta(days=1)).isoformat(),
         "CONSUMER_FLUSH_AGE_S": str(args.flush_age),
