@@ -288,13 +288,18 @@ def run_bare(settings: Settings, size: int, seconds: float, concurrency: int) ->
     return int(sum(counts) / elapsed), latencies
 
 
-def run_bare_open(settings: Settings, size: int, seconds: float, rate_eps: float) -> list[float]:
+def run_bare_open(settings: Settings, size: int, seconds: float, rate_eps: float, nagle: bool = False) -> list[float]:
     """The same envelopes, a batch on the collector's fixed schedule, each batch's latency from its
-    scheduled time to its last delivery report: the broker's (and the machine's) own p99 at that rate."""
+    scheduled time to its last delivery report: the broker's (and the machine's) own p99 at that rate.
+    ``nagle=True`` turns Nagle's algorithm back on (librdkafka's default) to show what it costs."""
     from confluent_kafka import Producer
 
-    producer = Producer(librdkafka_producer_config(settings, client_id="bench-bare-open"))
+    producer = Producer(librdkafka_producer_config(settings, client_id="bench-bare-open",
+                                                   **{"socket.nagle.disable": not nagle}))
     batches = bare_envelopes(size)
+    for key, value in batches[0]:  # connected and the topic known before the clock starts
+        producer.produce(settings.kafka_events_topic, value, key)
+    producer.flush(30)
     interval = size / rate_eps
     latencies: list[float] = []
     stop = threading.Event()
@@ -410,9 +415,11 @@ def main() -> None:
                     print(f"  batch {size}, {label}: asked {rate:,.0f} ev/s, achieved {got:,} ev/s, "
                           f"p50 {percentile(lat, .5) * 1000:.1f} ms, p99 {percentile(lat, .99) * 1000:.1f} ms, errors {err}")
                     print(f"    server side ({len(after)} workers): {server_quantiles(before, after)}")
-                    bare = run_bare_open(settings, size, args.seconds, rate)
-                    print(f"    bare librdkafka on the same schedule: p50 {percentile(bare, .5) * 1000:.1f} ms, "
-                          f"p99 {percentile(bare, .99) * 1000:.1f} ms — load average {os.getloadavg()[0]:.1f}")
+                    for nagle in (False, True):
+                        bare = run_bare_open(settings, size, args.seconds, rate, nagle=nagle)
+                        print(f"    bare librdkafka on the same schedule, Nagle {'on (librdkafka default)' if nagle else 'off'}: "
+                              f"p50 {percentile(bare, .5) * 1000:.1f} ms, p99 {percentile(bare, .99) * 1000:.1f} ms — "
+                              f"load average {os.getloadavg()[0]:.1f}")
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             try:
