@@ -494,6 +494,21 @@ def decode_records(records: Sequence[Any], partition: int, chunk_rows: int = CHU
     return DecodedBatch({k: v for k, v in sorted(hours.items()) if v.rows}, rejected)
 
 
+def merge_decoded(parts: Sequence[DecodedBatch]) -> DecodedBatch:
+    """Consecutive decoded pieces of one batch (in offset order) as one: what ``decode_records`` of
+    the whole batch gives when each piece but the last is a whole number of ``CHUNK_ROWS`` chunks."""
+    if len(parts) == 1:
+        return parts[0]
+    hours: dict[tuple[str, str], HourData] = {}
+    rejected: list[Rejected] = []
+    for part in parts:
+        for hour_id, hour in part.hours.items():
+            hours.setdefault(hour_id, HourData(*hour_id)).batches.extend(hour.batches)
+        rejected.extend(part.rejected)
+    rejected.sort(key=lambda r: r.record.offset)
+    return DecodedBatch(dict(sorted(hours.items())), rejected)
+
+
 def event_time_range_ms(table: pa.Table) -> tuple[int, int]:
     mm = pc.min_max(table.column("event_time").cast(pa.int64()))
     return int(mm["min"].as_py()), int(mm["max"].as_py())

@@ -328,3 +328,24 @@ def _ms(row: dict) -> dict:
 
     epoch = datetime(1970, 1, 1, tzinfo=UTC)
     return {k: round((v - epoch) / timedelta(milliseconds=1)) if isinstance(v, datetime) else v for k, v in row.items()}
+
+
+def test_a_batch_decoded_as_it_fills_equals_the_batch_decoded_at_once(tmp_path: Path) -> None:
+    """The loop decodes whole CHUNK_ROWS chunks as records arrive; the flushed result (rows per hour,
+    in order, and dead letters) is the same as decoding the whole batch at the flush."""
+    from ingest_consumer.consumer import PartitionState
+    from ingest_consumer.writer import CHUNK_ROWS
+    from tests.ingest_support import POISON
+
+    n = 2 * CHUNK_ROWS + 1234
+    records = [_rec(i, POISON[i % 3] if i % 997 == 5 else envelope(i, hours=3, n=n)) for i in range(n)]
+    state = PartitionState(PartitionLog.load(LocalLakeStore(tmp_path / "lake"), "t", 0), None)
+    for start in range(0, n, 3000):  # polls of 3000
+        chunk = records[start:start + 3000]
+        state.extend(chunk, 0, chunk[0].offset, chunk[-1].offset)
+        state.predecode(0)
+    assert len(state.decoded) == 2 and len(state.buffer) == 1234 and state.count == n
+    got, want = state.take_decoded(0), decode_records(records, 0)
+    assert {h: d.table().to_pylist() for h, d in got.hours.items()} == {h: d.table().to_pylist() for h, d in want.hours.items()}
+    assert [(r.record.offset, r.reason) for r in got.rejected] == [(r.record.offset, r.reason) for r in want.rejected]
+    assert len(got.rejected) == len([i for i in range(n) if i % 997 == 5])
