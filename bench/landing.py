@@ -151,6 +151,7 @@ def main() -> None:
             landed, lake_bytes, batches, rss_kb = landing_rate(settings, home, ends, args.flush_age)
         finally:
             broker.stop()
+    print(f"load average                             : {' '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine)")
     print(f"bare librdkafka consumer (join included) : {raw:10.0f} events/s")
     print(f"landed (committed, join included)        : {landed:10.0f} events/s   ratio {landed / raw:.2f}  ({batches} batches)")
     print(f"landing consumer peak RSS                : {rss_kb / 1024:10.0f} MiB (default flush sizes)")
