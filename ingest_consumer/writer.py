@@ -421,10 +421,6 @@ def buffered(record: Any) -> BufferedRecord:
     return BufferedRecord(record.offset(), record.key(), record.value(), record.timestamp()[1])
 
 
-def record_offset(record: Any) -> int:
-    return record.offset if isinstance(record, BufferedRecord) else record.offset()
-
-
 def _decode_chunk_fast(records: Sequence[Any], partition: int, hours: dict[tuple[str, str], HourData],
                        rejected: list[Rejected]) -> None:
     if records and isinstance(records[0], BufferedRecord):
