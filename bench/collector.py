@@ -165,6 +165,61 @@ async def open_loop(host: str, port: int, raws: list[bytes], size: int, seconds:
     return int(ok / elapsed), latencies, errors
 
 
+SERVER_HISTOGRAMS = {"request": "eventpipe_collector_request_latency_seconds",
+                     "produce": "eventpipe_collector_produce_latency_seconds",
+                     "loop lag": "eventpipe_collector_loop_lag_seconds", "GC pause": "eventpipe_collector_gc_pause_seconds"}
+
+
+def scrape(host: str, port: int, workers: int) -> dict[str, dict[str, dict[float, float]]]:
+    """Per worker (named by /healthz on the same keep-alive connection): cumulative bucket counts of
+    the collector's own histograms (labels summed)."""
+    import http.client
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    seen: dict[str, dict[str, dict[float, float]]] = {}
+    for _ in range(workers * 20):
+        if len(seen) >= workers:
+            break
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.request("GET", "/healthz")
+            worker = json.loads(conn.getresponse().read()).get("worker", "?")
+            if worker in seen:
+                continue
+            conn.request("GET", "/metrics")
+            text = conn.getresponse().read().decode()
+        finally:
+            conn.close()
+        hists: dict[str, dict[float, float]] = {}
+        for fam in text_string_to_metric_families(text):
+            for label, name in SERVER_HISTOGRAMS.items():
+                if fam.name == name.removesuffix("_seconds") or fam.name == name:
+                    for sample in fam.samples:
+                        if sample.name.endswith("_bucket"):
+                            le = float(sample.labels["le"])
+                            hists.setdefault(label, {})[le] = hists.get(label, {}).get(le, 0.0) + sample.value
+        seen[worker] = hists
+    return seen
+
+
+def server_quantiles(before: dict, after: dict, q: float = 0.99) -> str:
+    """'request p99 ≤ 25 ms, …' from the bucket counts added between two scrapes (all workers)."""
+    parts = []
+    for label in SERVER_HISTOGRAMS:
+        buckets: dict[float, float] = {}
+        for worker, hists in after.items():
+            for le, count in hists.get(label, {}).items():
+                buckets[le] = buckets.get(le, 0.0) + count - before.get(worker, {}).get(label, {}).get(le, 0.0)
+        total = buckets.get(float("inf"), 0.0)
+        if not total:
+            parts.append(f"{label}: none")
+            continue
+        bound = next(le for le in sorted(buckets) if buckets[le] >= q * total)
+        parts.append(f"{label} p{q * 100:.0f} ≤ {bound * 1000:g} ms (n={total:.0f})")
+    return ", ".join(parts)
+
+
 def bare_envelopes(size: int) -> list[list[tuple[bytes | None, bytes]]]:
     batches = []
     for b in range(BODIES):
@@ -233,6 +288,47 @@ def run_bare(settings: Settings, size: int, seconds: float, concurrency: int) ->
     return int(sum(counts) / elapsed), latencies
 
 
+def run_bare_open(settings: Settings, size: int, seconds: float, rate_eps: float, nagle: bool = False) -> list[float]:
+    """The same envelopes, a batch on the collector's fixed schedule, each batch's latency from its
+    scheduled time to its last delivery report: the broker's (and the machine's) own p99 at that rate.
+    ``nagle=True`` turns Nagle's algorithm back on (librdkafka's default) to show what it costs."""
+    from confluent_kafka import Producer
+
+    producer = Producer(librdkafka_producer_config(settings, client_id="bench-bare-open",
+                                                   **{"socket.nagle.disable": not nagle}))
+    batches = bare_envelopes(size)
+    for key, value in batches[0]:  # connected and the topic known before the clock starts
+        producer.produce(settings.kafka_events_topic, value, key)
+    producer.flush(30)
+    interval = size / rate_eps
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def poller() -> None:
+        while not stop.is_set():
+            producer.poll(0.05)
+
+    polling = threading.Thread(target=poller, daemon=True)
+    polling.start()
+    start = time.perf_counter() + 0.05
+    for i in range(max(1, int(seconds / interval))):
+        scheduled = start + i * interval
+        time.sleep(max(0.0, scheduled - time.perf_counter()))
+        left = [size]
+
+        def report(err: Any, _msg: Any, left: list[int] = left, scheduled: float = scheduled) -> None:
+            left[0] -= 1
+            if left[0] == 0:
+                latencies.append(time.perf_counter() - scheduled)
+
+        for key, value in batches[i % len(batches)]:
+            producer.produce(settings.kafka_events_topic, value, key, on_delivery=report)
+    producer.flush(30)
+    stop.set()
+    polling.join()
+    return latencies
+
+
 def run_bare_stream(settings: Settings, size: int, seconds: float) -> int:
     """The same envelopes fire-and-forget (one flush at the end): librdkafka's own ceiling here."""
     from confluent_kafka import Producer
@@ -292,6 +388,7 @@ def main() -> None:
             wait_for_tcp(host, port, 60, server)
             warm = request_bytes(host, port, key, 10)
             asyncio.run(closed_loop(host, port, warm, 10, 2.0, 4))  # warm-up: every worker connected, caches filled
+            print(f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
             print(f"collector ({args.workers} workers) vs bare librdkafka producer — {args.concurrency} concurrent "
                   f"senders, {args.seconds:.0f}s per run, broker {broker.bootstrap} (Tansu, memory); shared machine")
             print(f"{'batch':>6} | {'collector ev/s':>14} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} | "
@@ -312,9 +409,17 @@ def main() -> None:
             for size, raws, b_eps, c_eps in open_runs:
                 for label, rate in ((f"half the target ({args.target}x bare / 2)", args.target * b_eps / 2),
                                     ("half the closed-loop rate", c_eps / 2)):
+                    before = scrape(host, port, args.workers)
                     got, lat, err = asyncio.run(open_loop(host, port, raws, size, args.seconds, rate))
+                    after = scrape(host, port, args.workers)
                     print(f"  batch {size}, {label}: asked {rate:,.0f} ev/s, achieved {got:,} ev/s, "
                           f"p50 {percentile(lat, .5) * 1000:.1f} ms, p99 {percentile(lat, .99) * 1000:.1f} ms, errors {err}")
+                    print(f"    server side ({len(after)} workers): {server_quantiles(before, after)}")
+                    for nagle in (False, True):
+                        bare = run_bare_open(settings, size, args.seconds, rate, nagle=nagle)
+                        print(f"    bare librdkafka on the same schedule, Nagle {'on (librdkafka default)' if nagle else 'off'}: "
+                              f"p50 {percentile(bare, .5) * 1000:.1f} ms, p99 {percentile(bare, .99) * 1000:.1f} ms — "
+                              f"load average {os.getloadavg()[0]:.1f}")
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             try:

@@ -16,7 +16,6 @@ envelopes, then in the same run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -27,6 +26,7 @@ import time
 from pathlib import Path
 
 from embedded.broker import EmbeddedBroker, ensure_topics, free_port
+from eventpipe_core.event_model import encode_envelope
 from eventpipe_core.kafka_clients import librdkafka_consumer_config, librdkafka_producer_config
 from eventpipe_core.lake_catalog import iter_commit_records, last_partition_commit
 from eventpipe_core.lake_store import open_lake
@@ -51,7 +51,7 @@ def realistic_envelope(i: int, rng: random.Random) -> bytes:
     }
     env = {"v": 1, "event": event, "project": "demo", "received_at": t + 120, "client_ip": "203.0.113.9",
            "upload_id": f"{rng.randrange(10**9):09d}", "plan_violations": []}
-    return json.dumps(env, separators=(",", ":")).encode()
+    return encode_envelope(env)  # as the collector encodes it (keys sorted)
 
 
 def produce(settings: Settings, n: int) -> tuple[dict[int, int], int]:
@@ -151,6 +151,7 @@ def main() -> None:
             landed, lake_bytes, batches, rss_kb = landing_rate(settings, home, ends, args.flush_age)
         finally:
             broker.stop()
+    print(f"load average                             : {' '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine)")
     print(f"bare librdkafka consumer (join included) : {raw:10.0f} events/s")
     print(f"landed (committed, join included)        : {landed:10.0f} events/s   ratio {landed / raw:.2f}  ({batches} batches)")
     print(f"landing consumer peak RSS                : {rss_kb / 1024:10.0f} MiB (default flush sizes)")

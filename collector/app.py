@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import ipaddress
 import logging
 import os
@@ -412,6 +413,46 @@ def cors_middleware(settings: Settings) -> list[Middleware]:
     )]
 
 
+def _watch_pauses(metrics: CollectorMetrics) -> Any:
+    """Tail-latency evidence (and hygiene). Event-loop lag and GC pauses are exported
+    (``eventpipe_collector_loop_lag_seconds``, ``eventpipe_collector_gc_pause_seconds``;
+    bench/collector.py prints their p99 beside the request's and the produce's). Measured at half
+    the maximum rate: GC p99 ≤ 2 ms and loop lag ≤ 5 ms on a quiet machine — the p99 was the
+    produce round trip (Nagle's algorithm on librdkafka's socket, see
+    :func:`eventpipe_core.kafka_clients.librdkafka_producer_config`). Everything alive after startup
+    (imports, the app, compiled validators) is still moved out of the collector's reach
+    (``gc.freeze``) so full collections stay cheap as the process ages. Returns the function that
+    stops the watch."""
+    gc.collect()
+    gc.freeze()
+    started: list[float] = [0.0]
+
+    def on_gc(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            metrics.gc_pause.labels(str(info.get("generation"))).observe(time.perf_counter() - started[0])
+
+    gc.callbacks.append(on_gc)
+
+    async def lag() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t = loop.time()
+            await asyncio.sleep(0.05)
+            metrics.loop_lag.observe(max(0.0, loop.time() - t - 0.05))
+
+    task = asyncio.get_running_loop().create_task(lag())
+
+    def stop() -> None:
+        task.cancel()
+        if on_gc in gc.callbacks:
+            gc.callbacks.remove(on_gc)
+        gc.unfreeze()
+
+    return stop
+
+
 def create_app(
     settings: Settings | None = None, *, store: MetadataStore | None = None, producer: EventProducer | None = None,
 ) -> Starlette:
@@ -425,9 +466,11 @@ def create_app(
         collector.producer.start()
         # Connect before serving (bounded): the first requests do not wait for the bootstrap.
         await run_in_threadpool(collector.producer.warm_up, 3.0)
+        stop_watch = _watch_pauses(collector.metrics)
         try:
             yield
         finally:
+            stop_watch()
             await run_in_threadpool(collector.producer.close)
             if collector.redis is not None:
                 await collector.redis.aclose()

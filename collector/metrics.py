@@ -42,5 +42,15 @@ class CollectorMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
 
+        fine = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
+        self.loop_lag = Histogram(
+            "eventpipe_collector_loop_lag_seconds", "How late a 50 ms timer of the event loop fires (loop blocked)",
+            registry=self.registry, buckets=fine,
+        )
+        self.gc_pause = Histogram(
+            "eventpipe_collector_gc_pause_seconds", "Python garbage-collector pauses, by generation", ["generation"],
+            registry=self.registry, buckets=fine,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

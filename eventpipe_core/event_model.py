@@ -136,11 +136,13 @@ def make_envelope(
 
 
 def encode_envelope(envelope: dict[str, Any]) -> bytes:
-    """Compact UTF-8 JSON (orjson; the standard library for integers beyond 64 bits)."""
+    """Compact UTF-8 JSON with keys sorted at every level (orjson; the standard library for integers
+    beyond 64 bits). Sorted keys make each property map's bytes already the lake's JSON text
+    (``json_text``), so the landing consumer stores the slice instead of re-serialising it."""
     try:
-        return orjson.dumps(envelope)
+        return orjson.dumps(envelope, option=orjson.OPT_SORT_KEYS)
     except TypeError:
-        return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False, allow_nan=False, sort_keys=True).encode()
 
 
 def _ms_to_datetime(value: Any, field: str) -> datetime:

@@ -18,10 +18,13 @@ record ``seq + 1`` starts exactly at ``end``; a record is created with a conditi
 2. Records are buffered per partition. A record below the expected next offset was already landed
    and is skipped, so a batch always starts exactly at the last committed ``end_offset``.
 3. A batch is flushed on record count, raw bytes or age. Flushing decodes the batch in bulk
-   (:func:`ingest_consumer.writer.decode_records`: orjson per record, the shared rule
-   :func:`eventpipe_core.event_model.parse_envelope`, Arrow column by column, an Arrow filter per
-   event hour; it agrees with the per-record reference :func:`~eventpipe_core.event_model.envelope_to_row`);
-   invalid records become dead letters.
+   (:func:`ingest_consumer.writer.decode_records`: a msgspec fast path for envelopes as the
+   collector writes them — typed structs whose constraints accept only what the shared rule
+   accepts, property maps kept as their raw JSON slices when canonical — and for every other
+   record the general path, parsed as ``json.loads`` would and checked by the shared rule
+   :func:`eventpipe_core.event_model.parse_envelope`, which alone decides dead letters; Arrow column
+   by column, an Arrow filter per event hour; both agree with the per-record reference
+   :func:`~eventpipe_core.event_model.envelope_to_row`); invalid records become dead letters.
 4. Dead letters are produced to ``events.dlq`` (acks=all) and acknowledged **before** anything is
    committed.
 5. One Parquet object per event hour is written under ``raw/events/event_date=…/event_hour=…/``

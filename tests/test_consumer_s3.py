@@ -146,7 +146,10 @@ def test_s3_outage_mid_stream_loses_and_duplicates_nothing(
                        consumer_flush_age_s=0.5)
     lake = open_lake(settings.model_copy(update={"aws_endpoint_url": proxy.url}), lake_url)
     log = tmp_path / "consumer.log"
-    producing = Producing(settings, topic, 30_000, poison_every=1000, pace_s=0.3)
+    # Phase 1 (background, paced) until some batches are committed; phase 2 is produced while S3 is
+    # down, so the consumer must have batches to flush during the outage however fast it landed
+    # phase 1 (a fast consumer had landed everything before the cut, and then never saw it).
+    producing = Producing(settings, topic, 20_000, poison_every=1000, pace_s=0.3)
     producing.start()
     proc = start_consumer(env, log)
     try:
@@ -155,10 +158,17 @@ def test_s3_outage_mid_stream_loses_and_duplicates_nothing(
             assert proc.poll() is None and time.monotonic() < deadline, log_text(log)[-3000:]
             time.sleep(0.3)
         proxy.down()
-        time.sleep(6)
-        assert proc.poll() is None, "the consumer must ride out the outage"
+        seen_before = len(log_text(log))
+        during_good, during_bad = produce(settings, topic, 10_000, poison_every=1000, start=20_000)
+        deadline = time.monotonic() + 60  # until a flush of the outage's records failed and was retried
+        while (retries := log_text(log)[seen_before:].count("; retrying in ")) < 2:
+            assert proc.poll() is None, "the consumer must ride out the outage"
+            assert time.monotonic() < deadline, f"no lake retry seen during the outage: {log_text(log)[-3000:]}"
+            time.sleep(0.2)
+        assert retries >= 2 and proc.poll() is None, "the consumer must ride out the outage"
         proxy.up()
         good, bad = producing.result()
+        good, bad = good | during_good, bad | during_bad
         wait_landed(lake, end_offsets(good | bad), timeout=180, procs=[proc])
     finally:
         proxy.up() if proxy.listener is None else None

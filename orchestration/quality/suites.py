@@ -17,6 +17,8 @@ import pyarrow as pa
 from enrichment.rules import ENRICHED_SCHEMA, plan_violation_count
 
 SUITE_NAME = "enriched_events_hour"
+SUITE_COLUMNS = ("insert_id", "event_type", "actor_id", "event_time", "session_id", "kafka_offset", "is_bot",
+                 "plan_violations")  # every column _expectations() and plan_violation_count read
 
 
 def _import_gx() -> Any:
@@ -80,7 +82,9 @@ def validate_enriched(table: pa.Table, start: datetime, end: datetime) -> SuiteO
     """Run the suite over enriched rows whose partition is [start, end)."""
     gx = _import_gx()
 
-    df = table.to_pandas()
+    # Only the columns the expectations read: GX hashes the whole DataFrame (twice) to name the
+    # batch, and converting ~55 columns of an hour to pandas dominated the check (50 s for 600k rows).
+    df = table.select([c for c in SUITE_COLUMNS if c in table.column_names]).to_pandas()
     df["_event_time_ms"] = (
         pd.to_datetime(df["event_time"], utc=True).astype("datetime64[ms, UTC]").astype("int64")
         if len(df) else pd.Series(dtype="int64")
