@@ -83,7 +83,7 @@ def compile_retention(q: RetentionQuery) -> Compiled:
         fs = first_seen_sql(b, q.scope)
         start_where.append(f"(actor_id, event_time, insert_id) IN (SELECT actor_id, first.1, first.2 FROM {fs})")
     unit = {"day": "day", "week": "week", "month": "month"}[q.interval]
-    idx = ("intDiv(dateDiff('day', s.cohort, r.d), 7)" if unit == "week" else f"dateDiff('{unit}', s.cohort, r.d)")
+    idx = ("intDiv(dateDiff('day', cohort, rd), 7)" if unit == "week" else f"dateDiff('{unit}', cohort, rd)")
     k = intervals(q)
     if q.mode == "n-day":
         cond = "has(idxs, j)"
@@ -93,22 +93,17 @@ def compile_retention(q: RetentionQuery) -> Compiled:
         lo = b.bind([0] + [x for x, _ in q.brackets], "Array(Int64)")
         hi = b.bind([0] + [y for _, y in q.brackets], "Array(Int64)")
         cond = f"arrayExists(x -> x >= {lo}[j + 1] AND x <= {hi}[j + 1], idxs)"
+    # One read of the events (one dedup) for starts and returns: starts are the events before `end`.
+    start_where.append(f"event_time < fromUnixTimestamp64Milli({b.bind(end_ms, 'Int64')}, 'UTC')")
     sql = f"""
-WITH starts AS (
-    SELECT actor_id, min(c) AS cohort, argMin(g, (event_time, insert_id)) AS g
-    FROM (SELECT actor_id, event_time, insert_id, {_bucket_date(b, q.interval, tz)} AS c, {group} AS g
-          FROM {events_source(b, q.scope, start_ms, end_ms)} WHERE {' AND '.join(f'({w})' for w in start_where)})
+WITH per_actor AS (
+    SELECT actor_id, minIf(c, st) AS cohort, argMinIf(g, (event_time, insert_id), st) AS g,
+           arrayMap(rd -> {idx}, arrayFilter(rd -> rd > cohort, groupUniqArrayIf(c, rt))) AS idxs
+    FROM (SELECT actor_id, event_time, insert_id, {_bucket_date(b, q.interval, tz)} AS c, {group} AS g,
+                 {' AND '.join(f'({w})' for w in start_where)} AS st, {event_match_sql(b, q.return_event)} AS rt
+          FROM {events_source(b, q.scope, start_ms, today_end)})
     GROUP BY actor_id
-),
-returns AS (
-    SELECT DISTINCT actor_id, {_bucket_date(b, q.interval, tz)} AS d
-    FROM {events_source(b, q.scope, start_ms, today_end)} WHERE {event_match_sql(b, q.return_event)}
-),
-per_actor AS (
-    SELECT s.actor_id AS actor_id, s.cohort AS cohort, s.g AS g,
-           groupUniqArrayIf({idx}, r.actor_id != '' AND r.d > s.cohort) AS idxs
-    FROM starts AS s LEFT JOIN returns AS r ON r.actor_id = s.actor_id
-    GROUP BY s.actor_id, s.cohort, s.g
+    HAVING countIf(st) > 0
 )
 SELECT toString(cohort) AS cohort, g, count() AS size,
        sumForEach(arrayMap(j -> toUInt64(j = 0 OR ({cond})), range(0, {b.bind(k, 'UInt32')}))) AS counts
