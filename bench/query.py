@@ -14,7 +14,9 @@ Parquet file. Then, for each query, median and p95 over ``--repeat`` runs of:
     DuckDB    the same logic written for DuckDB, on its table and on the Parquet file
 
 Queries: segmentation uniques of one event by country × platform per day; DAU per day (``_active``);
-a 3-step ordered funnel (7-day window); 30-day n-day retention (``_active`` → ``_active``).
+a 3-step ordered funnel (7-day window); 30-day n-day retention (``_active`` → ``_active``; the API counts
+returns up to today, so its rows carry one interval per day since the start; DuckDB's only the days with data).
+DuckDB skips the insert_id deduplication (the generator makes no copies); the service always pays it.
 Ratios API/chDB and API/DuckDB are printed side by side; the machine's load average is printed with them.
 Also prints analytics.events bytes per event (active parts) in chserver.
 """
