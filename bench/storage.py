@@ -6,7 +6,7 @@
     enriched lake  enriched Parquet (enrichment.rules.to_parquet_bytes), one object per hour
     ClickHouse     analytics.events (the real DDL) in chDB after OPTIMIZE FINAL: bytes on disk of active parts
 
-    .venv/bin/python bench/storage.py --users 2000 --days 3
+    .venv/bin/python bench/storage.py --users 2000 --days 3 [--layout legacy]
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=1500)
     ap.add_argument("--days", type=int, default=3)
+    ap.add_argument("--layout", choices=["actor", "legacy"], default="actor",
+                    help="analytics.events layout: actor (new tables) or legacy (tables created before it)")
     args = ap.parse_args()
 
     import pyarrow.parquet as pq
@@ -63,7 +65,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-storage-") as tmp:
         conn = chdb.connect(str(Path(tmp) / "ch"))
         cur = conn.cursor()
-        plan = SchemaPlan("analytics", None, 36500)
+        plan = SchemaPlan("analytics", None, 36500, layout=args.layout)
         for stmt in [s for s in plan.statements() if "identity_map" not in s]:
             cur.execute(stmt)
         for table in enriched_tables:

@@ -36,7 +36,10 @@ captures a per-event array inside a per-event loop (ClickHouse would copy it onc
 Hold-constant keys are handled by laying the events out grouped by key (stable, so in time order within
 a key) with a sentinel after each group that stops every search at the group's end.
 
-Callers build the call with :func:`funnel_paths_expr` (Python) or the ``funnel_paths`` dbt macro.
+Callers build the call with :func:`funnel_paths_expr` (every entry's path, for the API and the marts, which
+pick the best path per day themselves) or :func:`funnel_level_expr` (an aggregate: the level of the actor's
+best path, for ``FUNNEL()`` in ``/api/sql``). The marts' macro ``dbt_project/macros/funnel.sql`` calls the
+functions directly (dbt cannot import Python).
 """
 
 from __future__ import annotations
@@ -134,3 +137,26 @@ def funnel_paths_expr(mode: str, times: str, masks: str, n: int | str, window_ms
         raise ValueError(f"funnel mode must be one of {', '.join(MODES)}, not {mode!r}")
     h = holds if holds is not None else f"arrayMap(x -> toUInt8(0), {times})"
     return f"eventpipe_funnel_{mode}({times}, {masks}, {h}, {n}, {window_ms})"
+
+
+def funnel_level_expr(mode: str, time_ms: str, insert_id: str, steps: list[str] | tuple[str, ...], window_ms: int | str,
+                      hold: str | None = None, entry: str | None = None) -> str:
+    """An *aggregate* SQL expression: the level (0..n) of the group's best path — what ``FUNNEL()`` computes.
+
+    Use it in a query grouped by actor (``SELECT actor_id, <expr> FROM events GROUP BY actor_id``):
+    ``time_ms`` the event time in ms (Int64, e.g. ``toUnixTimestamp64Milli(event_time)``), ``insert_id`` the
+    tie-breaker, ``steps`` one boolean SQL condition per step, ``hold`` an optional hold-constant key
+    expression, ``entry`` an optional extra condition on the entry event (e.g. its day in a range).
+    0 when the actor never enters. Built on the same functions as :func:`funnel_paths_expr`.
+    """
+    if not steps:
+        raise ValueError("a funnel needs at least one step")
+    mask = " + ".join(f"if({cond}, {1 << k}, 0)" for k, cond in enumerate(steps))
+    if entry is not None:  # the entry's own bit only where the extra condition holds (later steps unaffected)
+        mask = f"bitAnd({mask}, if({entry}, {ALL_BITS}, toUInt64(18446744073709551614)))"
+    key = hold if hold is not None else "toUInt8(0)"
+    evs = f"arraySort(x -> (x.1, x.2), groupArray((toInt64({time_ms}), {insert_id}, toUInt64({mask}), {key})))"
+    # evs is spelled three times: ClickHouse computes an identical subexpression once.
+    paths = funnel_paths_expr(mode, f"tupleElement({evs}, 1)", f"tupleElement({evs}, 3)", len(steps), window_ms,
+                              f"tupleElement({evs}, 4)")
+    return f"arrayMax(arrayPushBack(arrayMap(p -> toUInt8(length(p)), {paths}), toUInt8(0)))"

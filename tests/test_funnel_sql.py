@@ -77,3 +77,22 @@ def test_marts_names_and_bad_mode() -> None:
     assert "eventpipe_funnel_sequential(" in funnel_paths_expr("exact", "t", "m", 2, 5, "h")
     with pytest.raises(ValueError, match="funnel mode"):
         funnel_paths_expr("sideways", "t", "m", 2, 5)
+
+
+def test_level_aggregate_for_sql_funnel(reader: Any) -> None:
+    """funnel_level_expr (FUNNEL() in /api/sql): per actor the level of its best path, 0 when it never enters."""
+    from eventpipe_core.funnel_sql import funnel_level_expr
+
+    rows = [("a", 1, "1", "view"), ("a", 5, "2", "cart"), ("a", 9, "3", "buy"),  # full path
+            ("b", 1, "1", "cart"), ("b", 2, "2", "view"), ("b", 30, "3", "buy"),  # no cart after the entry
+            ("c", 3, "1", "buy"),                                                # never enters
+            ("d", 4, "b", "view"), ("d", 4, "a", "cart")]                       # tie: cart sorts first by insert_id
+    values = ", ".join(f"('{a}', {t}, '{i}', '{e}')" for a, t, i, e in rows)
+    level = funnel_level_expr("ordered", "t", "i", ["e = 'view'", "e = 'cart'", "e = 'buy'"], 10)
+    got = reader.query(f"SELECT a, {level} FROM (SELECT * FROM values('a String, t Int64, i String, e String', {values}))"
+                       " GROUP BY a ORDER BY a").result_rows
+    assert got == [("a", 3), ("b", 1), ("c", 0), ("d", 1)]
+    seq = funnel_level_expr("sequential", "t", "i", ["e = 'view'", "e = 'buy'"], 100, entry="t > 2")
+    got = reader.query(f"SELECT a, {seq} FROM (SELECT * FROM values('a String, t Int64, i String, e String', {values}))"
+                       " GROUP BY a ORDER BY a").result_rows
+    assert got == [("a", 0), ("b", 0), ("c", 0), ("d", 1)]  # a's and b's views fail the entry condition

@@ -181,13 +181,17 @@ def reads_lake(scope: Scope, start_ms: int | None) -> bool:
 
 
 def events_source(b: Binder, scope: Scope, start_ms: int | None, end_ms: int | None,
-                  columns: tuple[str, ...] = SOURCE_COLUMNS) -> str:
+                  columns: tuple[str, ...] = SOURCE_COLUMNS, narrow: str | None = None) -> str:
     """A subquery of the project's events in [start_ms, end_ms) — deduplicated, bots excluded unless asked.
 
     One row per insert_id: the first received copy (``received_at``, then ``event_time``), as ``stg_events``.
     Copies of one insert_id only exist across hours (each enriched hour is deduplicated and replaced whole).
     Days before ``scope.hot_from`` (past the ClickHouse TTL) come from the enriched lake through ``file()`` (a
     directory) or ``s3()`` (an S3 URL), the rest from ``analytics.events``: one answer for a range spanning both.
+
+    ``narrow`` (a condition on the table's columns, e.g. ``event_type IN (…)``): the caller keeps only rows
+    matching it *after* deduplication, so only insert_ids with a copy matching it are read and deduplicated
+    (every copy of those, so the first received still wins): the same answer, a much smaller sort.
     """
     cols = tuple(dict.fromkeys((*columns, "is_bot", "received_at")))
     project = b.bind(scope.project, "String")
@@ -225,7 +229,10 @@ def events_source(b: Binder, scope: Scope, start_ms: int | None, end_ms: int | N
         union = " UNION ALL ".join(parts)
         inner = f"SELECT * FROM ({union}) ORDER BY received_at, event_time LIMIT 1 BY insert_id"
     else:
-        inner = hot_sql.format(where=where(start_ms, end_ms)) + " ORDER BY received_at, event_time LIMIT 1 BY insert_id"
+        w = where(start_ms, end_ms)
+        if narrow is not None:
+            w += f" AND insert_id IN (SELECT insert_id FROM {EVENTS_TABLE} WHERE {w} AND ({narrow}))"
+        inner = hot_sql.format(where=w) + " ORDER BY received_at, event_time LIMIT 1 BY insert_id"
     if scope.include_bots:
         return f"({inner})"
     return f"(SELECT * FROM ({inner}) WHERE is_bot = 0)"

@@ -65,8 +65,10 @@ def funnel_paths_sql(q: FunnelQuery, b: Binder) -> str:
     mask = " + ".join(f"if({event_match_sql(b, s)}, {1 << k}, 0)" for k, s in enumerate(q.steps))
     group = prop_sql(b, q.group_by[0]) if q.group_by else "''"
     where = []
+    narrow = None  # only step events matter (not for sequential): dedup just the insert_ids of step types
     if q.mode != "sequential":
         where.append("m > 0")
+        narrow = f"has({b.bind(sorted({s.event_type for s in q.steps}), 'Array(String)')}, event_type)"
     if q.new_users:
         fs = first_seen_sql(b, q.scope)
         lo, hi = b.bind(start_ms, "Int64"), b.bind(end_ms, "Int64")
@@ -83,7 +85,7 @@ WITH per_actor AS (
     FROM (
         SELECT actor_id, toUnixTimestamp64Milli(event_time) AS t, insert_id, toUInt32({mask}) AS m,
                toUInt8({segments_sql(b, q.segments)}) AS sg, {group} AS g
-        FROM {events_source(b, q.scope, start_ms, read_end)}
+        FROM {events_source(b, q.scope, start_ms, read_end, narrow=narrow)}
     )
     {'WHERE ' + ' AND '.join(where) if where else ''}
     GROUP BY actor_id)
@@ -105,18 +107,23 @@ best AS (
 
 def compile_funnel(q: FunnelQuery) -> Compiled:
     b = Binder()
-    paths = funnel_paths_sql(q, b)
+    paths = funnel_paths_sql(q, b).rstrip()
     steps_n = b.bind(len(q.steps), "UInt8")
-    sql = f"""{paths}SELECT 'day' AS kind, day, b.4 AS g,
+    sql = f"""{paths},
+per_actor_best AS (
+    SELECT actor_id, groupArray((day, b)) AS days, argMax(b, (b.1, -b.2)) AS best FROM day_best GROUP BY actor_id
+),
+out_rows AS (  -- one pass for both outputs (a UNION ALL would evaluate the CTEs above twice)
+    SELECT r.1 AS kind, r.2 AS day, r.3 AS b FROM per_actor_best
+    ARRAY JOIN arrayPushBack(arrayMap(x -> ('day', x.1, x.2), days), ('all', '', best)) AS r
+)
+SELECT kind, day, b.4 AS g,
        sumForEach(arrayMap(k -> toUInt64(b.1 >= k), range(1, {steps_n} + 1))) AS counts,
-       [0.] AS med, [0.] AS avg
-FROM day_best GROUP BY day, g
-UNION ALL
-SELECT 'all' AS kind, '' AS day, b.4 AS g,
-       sumForEach(arrayMap(k -> toUInt64(b.1 >= k), range(1, {steps_n} + 1))) AS counts,
-       quantileExactInclusiveForEach(0.5)(arrayMap(k -> toFloat64(b.3[k + 1] - b.3[k]), range(1, b.1))) AS med,
-       avgForEach(arrayMap(k -> toFloat64(b.3[k + 1] - b.3[k]), range(1, b.1))) AS avg
-FROM best GROUP BY g
+       quantileExactInclusiveForEach(0.5)(if(kind = 'all', arrayMap(k -> toFloat64(b.3[k + 1] - b.3[k]), range(1, b.1)),
+                                             CAST([], 'Array(Float64)'))) AS med,
+       avgForEach(if(kind = 'all', arrayMap(k -> toFloat64(b.3[k + 1] - b.3[k]), range(1, b.1)),
+                     CAST([], 'Array(Float64)'))) AS avg
+FROM out_rows GROUP BY kind, day, g
 """
     return _compiled(q, b, sql)
 

@@ -83,35 +83,36 @@ def compile_retention(q: RetentionQuery) -> Compiled:
         fs = first_seen_sql(b, q.scope)
         start_where.append(f"(actor_id, event_time, insert_id) IN (SELECT actor_id, first.1, first.2 FROM {fs})")
     unit = {"day": "day", "week": "week", "month": "month"}[q.interval]
-    idx = ("intDiv(dateDiff('day', s.cohort, r.d), 7)" if unit == "week" else f"dateDiff('{unit}', s.cohort, r.d)")
+    idx = ("intDiv(dateDiff('day', cohort, rd), 7)" if unit == "week" else f"dateDiff('{unit}', cohort, rd)")
     k = intervals(q)
+    kk = b.bind(k, "UInt32")
+    # Per actor the indices j >= 1 it counts for, as a short list (no lambda over all k intervals capturing the
+    # actor's returns: that copies them k times per actor and took > 4 GB on 3 M events).
     if q.mode == "n-day":
-        cond = "has(idxs, j)"
+        js = f"arrayFilter(x -> x >= 1 AND x < {kk}, idxs)"
     elif q.mode == "rolling":
-        cond = "notEmpty(idxs) AND arrayMax(idxs) >= j"
+        js = (f"if(empty(idxs), CAST([], 'Array(Int64)'),"
+              f" arrayMap(x -> toInt64(x), range(1, toUInt64(least(arrayMax(idxs), {kk} - 1)) + 1)))")
     else:
         lo = b.bind([0] + [x for x, _ in q.brackets], "Array(Int64)")
         hi = b.bind([0] + [y for _, y in q.brackets], "Array(Int64)")
-        cond = f"arrayExists(x -> x >= {lo}[j + 1] AND x <= {hi}[j + 1], idxs)"
+        js = (f"arrayMap(x -> toInt64(x), arrayFilter(j -> arrayExists(x -> x >= {lo}[j + 1] AND x <= {hi}[j + 1], idxs),"
+              f" range(1, {kk})))")
+    # One read of the events (one dedup) for starts and returns: starts are the events before `end`.
+    start_where.append(f"event_time < fromUnixTimestamp64Milli({b.bind(end_ms, 'Int64')}, 'UTC')")
     sql = f"""
-WITH starts AS (
-    SELECT actor_id, min(c) AS cohort, argMin(g, (event_time, insert_id)) AS g
-    FROM (SELECT actor_id, event_time, insert_id, {_bucket_date(b, q.interval, tz)} AS c, {group} AS g
-          FROM {events_source(b, q.scope, start_ms, end_ms)} WHERE {' AND '.join(f'({w})' for w in start_where)})
+WITH per_actor AS (
+    SELECT actor_id, minIf(c, st) AS cohort, argMinIf(g, (event_time, insert_id), st) AS g,
+           arrayMap(rd -> {idx}, arrayFilter(rd -> rd > cohort, groupUniqArrayIf(c, rt))) AS idxs
+    FROM (SELECT actor_id, event_time, insert_id, {_bucket_date(b, q.interval, tz)} AS c, {group} AS g,
+                 {' AND '.join(f'({w})' for w in start_where)} AS st, {event_match_sql(b, q.return_event)} AS rt
+          FROM {events_source(b, q.scope, start_ms, today_end)})
     GROUP BY actor_id
-),
-returns AS (
-    SELECT DISTINCT actor_id, {_bucket_date(b, q.interval, tz)} AS d
-    FROM {events_source(b, q.scope, start_ms, today_end)} WHERE {event_match_sql(b, q.return_event)}
-),
-per_actor AS (
-    SELECT s.actor_id AS actor_id, s.cohort AS cohort, s.g AS g,
-           groupUniqArrayIf({idx}, r.actor_id != '' AND r.d > s.cohort) AS idxs
-    FROM starts AS s LEFT JOIN returns AS r ON r.actor_id = s.actor_id
-    GROUP BY s.actor_id, s.cohort, s.g
+    HAVING countIf(st) > 0
 )
 SELECT toString(cohort) AS cohort, g, count() AS size,
-       sumForEach(arrayMap(j -> toUInt64(j = 0 OR ({cond})), range(0, {b.bind(k, 'UInt32')}))) AS counts
+       sumMap(arrayMap(x -> toInt64(x), {js}), arrayMap(x -> toUInt64(1), {js})) AS returned,
+       arrayMap(j -> if(j = 0, size, returned.2[indexOf(returned.1, j)]), range(0, {kk})) AS counts
 FROM per_actor GROUP BY cohort, g ORDER BY cohort, g
 """
     return Compiled(sql=sql.strip(), params=b.params, project=q.scope.project, reads_lake=b.reads_lake,
