@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.request
 from pathlib import Path
 
@@ -40,6 +41,12 @@ def test_dagster_component_starts_loads_workspace_and_stops(tmp_path: Path, monk
         assert [(e["name"], e["loadStatus"], e["locationOrLoadError"]["__typename"]) for e in entries] == [
             ("eventpipe", "LOADED", "RepositoryLocation")], entries
         assert (tmp_path / "dagster" / "dagster.yaml").is_file()  # DAGSTER_HOME from settings
+        # the daemon's first sensor tick can come well after the location loads on a busy machine: stopping
+        # before it would test nothing, so wait (bounded) for the daemon to have ticked our sensor
+        log_path = tmp_path / "logs" / "dagster.log"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "landing_commits_sensor" not in log_path.read_text():
+            time.sleep(1)
     finally:
         component.stop()
     assert not component.alive()
