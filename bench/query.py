@@ -19,6 +19,7 @@ returns up to today, so its rows carry one interval per day since the start; Duc
 DuckDB skips the insert_id deduplication (the generator makes no copies); the service always pays it.
 Ratios API/chDB and API/DuckDB are printed side by side; the machine's load average is printed with them.
 Also prints analytics.events bytes per event (active parts) in chserver.
+The result cache's figures (cached p50 beside cold p50 of the same requests) come from bench/query_cache.py.
 """
 
 from __future__ import annotations
