@@ -24,7 +24,7 @@ class Unknown(Exception):
     """A type whose Native layout this module does not know."""
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
     shift = value = 0
     while True:
         b = data[pos]
@@ -78,7 +78,7 @@ def skip_column(data: bytes, pos: int, type_name: str, rows: int) -> int:
         return pos + int(args[0]) * rows
     if name == "String":
         for _ in range(rows):
-            size, pos = _varint(data, pos)
+            size, pos = read_varint(data, pos)
             pos += size
         return pos
     if name == "Nullable":
@@ -126,13 +126,13 @@ def restore_zones(data: bytes, zones: dict[int, str]) -> bytes:
     last = max(zones)
     try:
         while pos < len(data):
-            ncols, p = _varint(data, pos)
-            nrows, p = _varint(data, p)
+            ncols, p = read_varint(data, pos)
+            nrows, p = read_varint(data, p)
             out += data[pos:p]
             for i in range(ncols):
-                size, q = _varint(data, p)
+                size, q = read_varint(data, p)
                 q += size
-                tsize, r = _varint(data, q)
+                tsize, r = read_varint(data, q)
                 type_name = data[r : r + tsize].decode()
                 end_type = r + tsize
                 if i in zones and type_name == "DateTime":
@@ -157,9 +157,9 @@ def restore_zones(data: bytes, zones: dict[int, str]) -> bytes:
 def _skip_rest(data: bytes, pos: int, ncols: int, i: int, nrows: int, type_name: str) -> int:
     pos = skip_column(data, pos, type_name, nrows)
     for _ in range(i + 1, ncols):
-        size, pos = _varint(data, pos)
+        size, pos = read_varint(data, pos)
         pos += size
-        tsize, pos = _varint(data, pos)
+        tsize, pos = read_varint(data, pos)
         t = data[pos : pos + tsize].decode()
         pos = skip_column(data, pos + tsize, t, nrows)
     return pos

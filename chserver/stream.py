@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chserver.errors import ClickHouseError
+from chserver.native import read_varint
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +34,6 @@ STREAM_FORMATS = frozenset(
 )
 
 
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, pos
-        shift += 7
-
 
 def header_length(fmt: str, chunk: bytes) -> int:
     """Bytes of the names/types header at the start of ``chunk`` (0 for formats without one)."""
@@ -50,9 +41,9 @@ def header_length(fmt: str, chunk: bytes) -> int:
     if f.startswith("rowbinarywithnames"):
         if not chunk:
             return 0
-        n, pos = _varint(chunk, 0)
+        n, pos = read_varint(chunk, 0)
         for _ in range(n * (2 if f.endswith("andtypes") else 1)):
-            size, pos = _varint(chunk, pos)
+            size, pos = read_varint(chunk, pos)
             pos += size
         return pos
     lines = 2 if f.endswith("withnamesandtypes") else 1 if f.endswith("withnames") else 0

@@ -31,8 +31,8 @@ from query_service.engine import Engine, QueryResult
 from query_service.params import DateRange
 from tests.chserver_support import ChServer
 from tests.query_support import TTL_DAYS, load_events
+from tests.redis_support import REDIS_URL, scratch_prefix
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 DAY_A = int(datetime(2025, 3, 10, tzinfo=UTC).timestamp() * 1000)
 DAY_B = DAY_A + 86_400_000
 H = 3_600_000
@@ -40,18 +40,7 @@ H = 3_600_000
 
 @pytest.fixture(scope="module")
 def redis_prefix() -> Iterator[str]:
-    import redis
-
-    prefix = f"test:qcache:{uuid.uuid4().hex[:10]}:"
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail("Redis at 127.0.0.1:6379 is not running (the test machines start it; .ci/run too)")
-    yield prefix
-    for key in client.scan_iter(f"{prefix}*"):
-        client.delete(key)
-    client.close()
+    yield from scratch_prefix("qcache")
 
 
 class CountingEngine(Engine):

@@ -26,24 +26,12 @@ from query_service.app import create_app
 from query_service.limits import QueryLimiter, Refused, query_cost, sessions_cost, sql_cost
 from tests.chserver_support import ChServer
 from tests.query_support import TTL_DAYS, load_events
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
+from tests.redis_support import REDIS_URL, scratch_prefix
 
 
 @pytest.fixture(scope="module")
 def redis_prefix() -> Iterator[str]:
-    import redis
-
-    prefix = f"test:qlimits:{uuid.uuid4().hex[:10]}:"
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail("Redis at 127.0.0.1:6379 is not running (the test machines start it; .ci/run too)")
-    yield prefix
-    for key in client.scan_iter(f"{prefix}*"):
-        client.delete(key)
-    client.close()
+    yield from scratch_prefix("qlimits")
 
 
 def test_cost_model() -> None:
