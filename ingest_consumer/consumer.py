@@ -181,14 +181,25 @@ class LandingConsumer:
         self.metrics.assigned.set(len(self.parts) + len(self.pending))
 
     def _on_assign(self, _consumer: Any, assigned: list[Any]) -> None:
-        # Only note them here (reading the lake may fail and is retried by the loop); nothing is
-        # fetched for them until the loop has read their lake position and assigned them there.
+        # Nothing is fetched for a partition until its lake position is read. One attempt here, so
+        # fetching starts within this consume() call (waiting for the loop cost the rest of the
+        # poll timeout); a failure leaves the partition pending for the loop, which retries.
         for tp in assigned:
             if tp.partition not in self.parts:
                 self.pending.add(tp.partition)
         log.info("assigned partitions %s", sorted(tp.partition for tp in assigned))
+        for p in sorted(self.pending):
+            try:
+                self._position(p, PartitionLog.load(self.lake, self.topic, p))
+            except Exception as exc:  # noqa: BLE001 - the loop retries with backoff
+                log.info("partition %d: lake position not read yet (%s); retrying", p, exc)
         self._reassign()
         self.metrics.assigned.set(len(self.parts) + len(self.pending))
+
+    def _position(self, p: int, plog: PartitionLog) -> None:
+        self.pending.discard(p)
+        self.parts[p] = PartitionState(plog, plog.end_offset)
+        log.info("partition %d resumes at lake offset %s (seq %d)", p, plog.end_offset, plog.next_seq)
 
     def _init_pending(self) -> None:
         if not self.pending:
@@ -197,9 +208,7 @@ class LandingConsumer:
             plog = self._retry(lambda p=p: PartitionLog.load(self.lake, self.topic, p), "read_log")
             if p not in self.pending:  # revoked meanwhile
                 continue
-            self.pending.discard(p)
-            self.parts[p] = PartitionState(plog, plog.end_offset)
-            log.info("partition %d resumes at lake offset %s (seq %d)", p, plog.end_offset, plog.next_seq)
+            self._position(p, plog)
         self._reassign()
 
     # --- main loop ---------------------------------------------------------------------------
