@@ -11,6 +11,7 @@ from collector.ratelimit import TokenBuckets
 from eventpipe_core.metadata import MetadataStore
 from eventpipe_core.settings import Settings
 from tests.collector_support import collector_settings, collector_store, new_project, read_envelopes, serve
+from tests.redis_support import REDIS_URL, scratch_prefix
 
 __all__ = ["collector_store"]
 
@@ -134,26 +135,10 @@ def test_api_key_request_rate(settings: Settings, collector_store: MetadataStore
     assert 'eventpipe_collector_requests_total{endpoint="httpapi",status="429"} 1.0' in metrics
 
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
     """A unique key prefix in the shared Redis; its keys are deleted afterwards."""
-    import uuid
-
-    import redis
-
-    prefix = f"test-collector-{uuid.uuid4().hex[:10]}:"
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        pytest.fail("Redis at 127.0.0.1:6379 is not running (the test machines start it; .ci/run too)")
-    yield prefix
-    for key in client.scan_iter(f"{prefix}*"):
-        client.delete(key)
-    client.close()
+    yield from scratch_prefix("collector")
 
 
 def test_redis_buckets_match_the_local_ones(redis_prefix: str) -> None:
