@@ -98,11 +98,14 @@ def compile_retention(q: RetentionQuery) -> Compiled:
         hi = b.bind([0] + [y for _, y in q.brackets], "Array(Int64)")
         js = (f"arrayMap(x -> toInt64(x), arrayFilter(j -> arrayExists(x -> x >= {lo}[j + 1] AND x <= {hi}[j + 1], idxs),"
               f" range(1, {kk})))")
+    # The group of the actor's first starting event; without `g` a constant: argMinIf over (event_time, insert_id)
+    # tuples is most of the query's cost (3 M events, chDB: 1.8 s with it, 0.65 s without).
+    first_g = "argMinIf(g, (event_time, insert_id), st)" if q.group_by else "''"
     # One read of the events (one dedup) for starts and returns: starts are the events before `end`.
     start_where.append(f"event_time < fromUnixTimestamp64Milli({b.bind(end_ms, 'Int64')}, 'UTC')")
     sql = f"""
 WITH per_actor AS (
-    SELECT actor_id, minIf(c, st) AS cohort, argMinIf(g, (event_time, insert_id), st) AS g,
+    SELECT actor_id, minIf(c, st) AS cohort, {first_g} AS g,
            arrayMap(rd -> {idx}, arrayFilter(rd -> rd > cohort, groupUniqArrayIf(c, rt))) AS idxs
     FROM (SELECT actor_id, event_time, insert_id, {_bucket_date(b, q.interval, tz)} AS c, {group} AS g,
                  {' AND '.join(f'({w})' for w in start_where)} AS st, {event_match_sql(b, q.return_event)} AS rt
