@@ -88,7 +88,7 @@ def plan_ticks(
             break
         if max_live_rows is not None and is_live is not None:
             rows = sum(v for k, v in record.rows_per_hour.items() if is_live(k))
-            if n and live_rows + rows > max_live_rows:
+            if n and rows and live_rows + rows > max_live_rows:
                 break
             live_rows += rows
         new_cursor[record.kafka_partition] = max(record.seq, new_cursor.get(record.kafka_partition, -1))

@@ -88,16 +88,21 @@ class HourState:
                 self.carry[key] = value
 
 
-_STATES: dict[str, HourState] = {}
+_STATES: dict[tuple[str, str], HourState] = {}  # (events table, hour key) -> state
 
 
 def forget(key: str) -> None:
     """Drop an hour's state (a canonical run of it is in flight, or it closed): rebuilt before the next append."""
-    _STATES.pop(key, None)
+    for k in [k for k in _STATES if k[1] == key]:
+        del _STATES[k]
+
+
+def forget_all() -> None:
+    _STATES.clear()
 
 
 def cached_hours() -> set[str]:
-    return set(_STATES)
+    return {k[1] for k in _STATES}
 
 
 def rebuild_state(client, plan: SchemaPlan, hour: datetime, config: EnrichmentConfig,  # noqa: ANN001
@@ -150,9 +155,9 @@ def append_increment(store: LakeStore, client, plan: SchemaPlan, key: str, hour:
 
     Idempotent: a re-read increment (tick retried after a lost cursor) inserts nothing. On any failure the
     hour's state is dropped, so the next append rebuilds it from what the table really holds."""
-    state = _STATES.get(key)
+    state = _STATES.get((plan.events_table, key))
     if state is None or state.mark != mark:
-        state = _STATES[key] = rebuild_state(client, plan, hour, config, mark)
+        state = _STATES[plan.events_table, key] = rebuild_state(client, plan, hour, config, mark)
     raw = read_increment(store, hour, records)
     out = Appended()
     if raw is None or raw.num_rows == 0:
