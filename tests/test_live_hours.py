@@ -94,7 +94,8 @@ def test_live_increments_then_close_run_gives_exactly_the_canonical_rows(orch: E
     assert retried.run_requests == [] and retried.cursor == second.cursor
     # a restarted code server (no cached state): the state is rebuilt from the table
     live.forget_all()
-    c = [raw_row("c0", HOUR + timedelta(minutes=52), device_id="dev-1"), raw_row("b1", HOUR + timedelta(minutes=40))]
+    c = [raw_row("c0", HOUR + timedelta(minutes=52), device_id="dev-1"), raw_row("b1", HOUR + timedelta(minutes=40)),
+         raw_row("c1", HOUR + timedelta(minutes=45), device_id="dev-0")]
     land_batch(orch.lake, c, kafka_partition=0, seq=1, start_offset=6)
     third = tick(orch, second.cursor)
     assert third.run_requests == []
@@ -102,9 +103,10 @@ def test_live_increments_then_close_run_gives_exactly_the_canonical_rows(orch: E
     live_ids = ids_in_hour(orch, HOUR)
     assert live_ids == [(i, 1) for i in expected]  # exact dedup: one row per insert_id
     # sessions across increments (the carry, rebuilt from the table for c0): dev-1's b0 at :20 continues a1 (:01)
-    # and a4 (:04); c0 at :52 is > 30 min after b0 -> a new session
-    sessions = dict(orch.rows(f"SELECT insert_id, session_id FROM {db}.events WHERE insert_id IN ('a1', 'b0', 'c0')"))
-    assert sessions["b0"] == sessions["a1"] and sessions["c0"] != sessions["a1"]
+    # and a4 (:04); c0 at :52 is > 30 min after b0 -> a new session; c1 (:45) continues dev-0's b1 (:40)
+    sessions = dict(orch.rows(f"SELECT insert_id, session_id FROM {db}.events WHERE insert_id IN ('a1', 'b0', 'c0', 'b1', "
+                              "'c1')"))
+    assert sessions["b0"] == sessions["a1"] and sessions["c0"] != sessions["a1"] and sessions["c1"] == sessions["b1"]
 
     # the hour closes: no more appends, one canonical run named after it
     closed = build_definitions(orch.settings.model_copy(update={"live_hour_close_seconds": 0}), include_dbt=False)

@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from enrichment.lake_io import hour_parts, read_visible_object
-from enrichment.rules import EnrichmentConfig, earliest_users, enrich_hour, session_state_from_enriched, to_parquet_bytes
+from enrichment.rules import EnrichmentConfig, earliest_users, enrich_hour, to_parquet_bytes
 from eventpipe_core.lake_catalog import CommitRecord, hour_objects
 from eventpipe_core.lake_store import LakeStore
 from orchestration.clickhouse.load import append_hour, read_identity_map, write_identities
@@ -105,33 +105,33 @@ def cached_hours() -> set[str]:
     return {k[1] for k in _STATES}
 
 
+SESSION_KEY_SQL = ("if(device_id IS NULL, concat('u:', ifNull(user_id, '')), "
+                   "if(startsWith(device_id, 'u:'), device_id, concat('d:', device_id)))")  # = rules.session_keys
+
+
 def rebuild_state(client, plan: SchemaPlan, hour: datetime, config: EnrichmentConfig,  # noqa: ANN001
                   mark: int | None) -> HourState:
-    """An hour's state from what ``analytics.events`` holds: its insert_ids, and the session carry from its
-    rows and the previous hour's last ``session_timeout``."""
+    """An hour's state from what ``analytics.events`` holds: its insert_ids (streamed and hashed block by block:
+    memory is 8 bytes a row), and the session carry — each session key's last (event ms, session id) in
+    (event_time, insert_id) order over the hour and the previous hour's last ``session_timeout``, computed by
+    the server (as :func:`enrichment.rules.session_state_from_enriched` does from enriched rows)."""
     h = int(hour.timestamp())
+    chunks = [np.zeros(0, dtype=np.uint64)]
+    with client.query_arrow_stream(
+            f"SELECT insert_id FROM {plan.events_table} WHERE event_hour = toDateTime({{h:UInt32}}, 'UTC')",
+            parameters={"h": h}, use_strings=True) as stream:
+        for batch in stream:
+            chunks.append(hash_ids(batch.column(0)))
+    ids = np.sort(np.concatenate(chunks))
     cutoff_ms = int((hour - config.session_timeout).timestamp() * 1000)
-    table = client.query_arrow(
-        "SELECT insert_id, device_id, user_id, event_time, session_id, toUInt8(event_hour = toDateTime({h:UInt32}, 'UTC')) "
-        f"AS this_hour FROM {plan.events_table} WHERE event_hour IN (toDateTime({{p:UInt32}}, 'UTC'), "
-        "toDateTime({h:UInt32}, 'UTC')) AND toUnixTimestamp64Milli(event_time) >= {c:Int64}",
-        parameters={"h": h, "p": h - 3600, "c": cutoff_ms}, use_strings=True)
-    ids = hash_ids(table.filter(pc.equal(table.column("this_hour"), 1)).column("insert_id")) if table.num_rows else \
-        np.zeros(0, dtype=np.uint64)
-    carry = session_state_from_enriched(_as_enriched(table), hour, config.session_timeout) if table.num_rows else {}
+    rows = client.query(
+        f"SELECT {SESSION_KEY_SQL} AS key, argMax((toUnixTimestamp64Milli(event_time), session_id), (event_time, insert_id)) "
+        f"FROM {plan.events_table} WHERE event_hour IN (toDateTime({{p:UInt32}}, 'UTC'), toDateTime({{h:UInt32}}, 'UTC')) "
+        "AND toUnixTimestamp64Milli(event_time) >= {c:Int64} GROUP BY key",
+        parameters={"h": h, "p": h - 3600, "c": cutoff_ms}).result_rows
+    carry = {str(k): (int(v[0]), int(v[1])) for k, v in rows}
     log.info("live %s: state rebuilt from the table (%d rows, %d session keys)", hour, len(ids), len(carry))
-    return HourState(np.sort(ids), carry, mark=mark)
-
-
-def _as_enriched(table: pa.Table) -> pa.Table:
-    """The columns :func:`session_state_from_enriched` reads, typed as the enriched schema has them."""
-    out = {}
-    for name in ("device_id", "user_id", "insert_id"):
-        col = table.column(name)
-        out[name] = col.cast(pa.string()) if not pa.types.is_string(col.type) else col
-    out["event_time"] = table.column("event_time").cast(pa.timestamp("ms", tz="UTC"))
-    out["session_id"] = table.column("session_id").cast(pa.int64())
-    return pa.table(out)
+    return HourState(ids, carry, mark=mark)
 
 
 @dataclass
