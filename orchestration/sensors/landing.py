@@ -16,6 +16,17 @@ that were never loaded and are not in a queued/running run: they load as empty h
 the touched hours' ranges, so a past day whose events arrive at once is one run of 24 hours. A day
 with no landed data at all is never filled (no rows, and it blocks no other day). Fill-only ranges
 have the run key ``fill|first..last``: a failing fill is not relaunched every tick.
+
+Coalescing (issue 17): no run is requested for an hour that has a run which has not read the lake yet
+(queued, not started, starting: it will see the new commits); a started run justifies one more queued run.
+The instance runs at most one run per ``dagster/partition`` at a time (orchestration.cli.dagster_yaml), so
+that queued run swaps its hour in after the started one.
+
+Live hours (issue 17, ``LIVE_LOAD``): an *open* hour (its end + ``LIVE_HOUR_CLOSE_SECONDS`` not passed)
+with no canonical run in flight gets no run: the tick appends the new commit records' rows of it
+(orchestration.sensors.live, provisional enrichment, exact dedup), at most ``LIVE_MAX_ROWS_PER_TICK`` rows a
+tick. The cursor keeps the hours appended so far under ``"live"``; when one closes, the tick requests its
+canonical run (``close|<hour>``), which REPLACE-PARTITIONs it with the full enrichment output.
 """
 
 
