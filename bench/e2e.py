@@ -241,8 +241,9 @@ def report(ticks: dict[int, Tick], timeline: list[tuple[float, int, int, int]], 
         print(f"per stage while sending ({span:.0f} s): collector accepted {acc / span:,.0f}/s · landed "
               f"{landed / span:,.0f}/s (backlog {acc - landed:,}) · visible {vis / span:,.0f}/s "
               f"(backlog {landed - vis:,})")
-        stages = {"landing consumer (Kafka → lake)": acc - landed, "Dagster hourly load (lake → analytics.events)":
-                  landed - vis}
+        load = ("landing sensor's live appends (lake → analytics.events)" if get_settings().live_load
+                else "Dagster hourly load (lake → analytics.events)")
+        stages = {"landing consumer (Kafka → lake)": acc - landed, load: landed - vis}
         name, backlog = max(stages.items(), key=lambda kv: kv[1])
         if total < args.rate * args.seconds * 0.95:
             print("limiting stage: the collector/sender (it accepted less than offered)")
