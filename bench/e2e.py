@@ -244,11 +244,20 @@ def report(ticks: dict[int, Tick], timeline: list[tuple[float, int, int, int]], 
         load = ("landing sensor's live appends (lake → analytics.events)" if get_settings().live_load
                 else "Dagster hourly load (lake → analytics.events)")
         stages = {"landing consumer (Kafka → lake)": acc - landed, load: landed - vis}
+        # a stage that keeps up leaves a steady backlog (its latency); one that limits, a growing one
+        _, macc, mlanded, mvis = timeline[end_send // 2]
+        middle = {"landing consumer (Kafka → lake)": macc - mlanded, load: mlanded - mvis}
+        print("backlog at half / end of sending: " + " · ".join(
+            f"{k} {middle[k]:,} → {v:,}" for k, v in stages.items()))
         name, backlog = max(stages.items(), key=lambda kv: kv[1])
         if total < args.rate * args.seconds * 0.95:
             print("limiting stage: the collector/sender (it accepted less than offered)")
+        elif backlog <= 1.5 * max(middle[name], args.rate * 5):
+            print(f"limiting stage: none keeps falling behind at {args.rate:g}/s; the largest backlog ({name}, "
+                  f"{backlog:,} events ≈ {backlog / args.rate:.1f} s) is its latency, not growing")
         else:
-            print(f"limiting stage: {name} — its backlog when sending ended: {backlog:,} events")
+            print(f"limiting stage: {name} — its backlog when sending ended: {backlog:,} events (half-way: "
+                  f"{middle[name]:,})")
 
 
 if __name__ == "__main__":
