@@ -142,6 +142,9 @@ def test_closing_without_late_data_requests_the_close_run_once(orch: Env) -> Non
     assert [(r.run_key, r.partition_key, r.tags["eventpipe/trigger"]) for r in second.run_requests] == [
         (f"close|{key}", key, "close")]
     assert tick(orch, second.cursor, closed).run_requests == []
+    # LIVE_LOAD turned off with hours still live: they close at once (their provisional rows get replaced)
+    off = build_definitions(orch.settings.model_copy(update={"live_load": False}), include_dbt=False)
+    assert [r.run_key for r in tick(orch, first.cursor, off).run_requests] == [f"close|{key}"]
 
 
 @pytest.mark.orch_settings(**OPEN)

@@ -230,7 +230,7 @@ def build_landing_sensor(settings: Settings, job: UnresolvedAssetJobDefinition) 
     def landing_commits_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, clickhouse: ClickHouseResource,
                                enrichment: EnrichmentResource) -> dg.SensorResult:
         cursor = parse_cursor(context.cursor)
-        live_hours = parse_live_hours(context.cursor) if settings.live_load else set()
+        live_hours = parse_live_hours(context.cursor)  # with LIVE_LOAD turned off they all close now
         store = lake.open()
         now = datetime.now(UTC)
 

@@ -162,6 +162,8 @@ def append_increment(store: LakeStore, client, plan: SchemaPlan, key: str, hour:
     out = Appended()
     if raw is None or raw.num_rows == 0:
         return out
+    # the increment's projects even when nothing is new: a tick retried after a failed bump bumps again
+    out.projects = set(pc.unique(raw.column("project")).to_pylist())
     fresh = ~contains(state.ids, hash_ids(raw.column("insert_id")))
     out.duplicates = int(raw.num_rows - np.count_nonzero(fresh))
     raw = raw.filter(pa.array(fresh))
@@ -185,7 +187,6 @@ def append_increment(store: LakeStore, client, plan: SchemaPlan, key: str, hour:
     for device, user in earliest_users(result.identities).items():
         state.known.setdefault(device, user)
     out.rows = table.num_rows
-    out.projects = set(pc.unique(table.column("project")).to_pylist())
     return out
 
 
