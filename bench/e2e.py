@@ -249,6 +249,10 @@ def report(ticks: dict[int, Tick], timeline: list[tuple[float, int, int, int]], 
         middle = {"landing consumer (Kafka → lake)": macc - mlanded, load: mlanded - mvis}
         print("backlog at half / end of sending: " + " · ".join(
             f"{k} {middle[k]:,} → {v:,}" for k, v in stages.items()))
+        mw = timeline[end_send // 2][0]
+        print(f"steady state (second half of sending, {w - mw:.0f} s): accepted {(acc - macc) / max(w - mw, 1e-9):,.0f}/s · "
+              f"landed {(landed - mlanded) / max(w - mw, 1e-9):,.0f}/s · visible {(vis - mvis) / max(w - mw, 1e-9):,.0f}/s "
+              "(the whole-stack figure above also counts the drain after sending, so it stays under the offered rate)")
         name, backlog = max(stages.items(), key=lambda kv: kv[1])
         if total < args.rate * args.seconds * 0.95:
             print("limiting stage: the collector/sender (it accepted less than offered)")
