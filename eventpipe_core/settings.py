@@ -161,6 +161,13 @@ class Settings(BaseSettings):
     # A day is complete this long after its end (UTC): the landing sensor then loads its hours with nothing
     # landed as empty, so the day's marts can build. Late events after that still re-load their hour.
     landing_window_seconds: int = Field(default=300, ge=0)
+    # --- orchestration: live hours (issue 17) --------------------------------------------------
+    # While an hour is open (its end + LIVE_HOUR_CLOSE_SECONDS not yet passed) the landing sensor appends each
+    # tick's new rows of it to analytics.events (provisional enrichment, exact dedup) instead of re-loading the
+    # whole hour; once closed, one canonical run REPLACEs the hour. Off: every touched hour is a canonical run.
+    live_load: bool = True
+    live_hour_close_seconds: int = Field(default=300, ge=0)
+    live_max_rows_per_tick: int = Field(default=500_000, ge=1)  # bounds one tick's appends (sensor timeout)
     # --- embedded stack: stopping (issue 12) ---------------------------------------------------
     # `eventpipe up`: SIGTERM a component's process group, then SIGKILL what is left after this long.
     stack_stop_grace_seconds: float = Field(default=20.0, ge=0)

@@ -22,7 +22,9 @@ def dagster_yaml(settings: Settings) -> str:
     referenced as an environment variable, so its password never lands in the file (processes started
     without `eventpipe dagster` need it as ``postgresql+psycopg2://…``, see :func:`sqlalchemy_url`). Both use the
     QueuedRunCoordinator: at most DAGSTER_MAX_CONCURRENT_RUNS runs (each a process), and dbt runs one at
-    a time (pool dbt_clickhouse) so a whole-table mart is never rebuilt from a half-replaced day."""
+    a time (pool dbt_clickhouse) so a whole-table mart is never rebuilt from a half-replaced day. Two runs of one
+    partition never run at once (tag ``dagster/partition``, limit 1 per value): the landing sensor may queue a run of
+    an hour whose previous run is still going, and that one must swap its hour in last."""
     if settings.dagster_postgres_url:
         storage = (
             "# Production profile: runs, event log and schedules in PostgreSQL (DAGSTER_POSTGRES_URL).\n"
@@ -40,6 +42,9 @@ def dagster_yaml(settings: Settings) -> str:
         "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: QueuedRunCoordinator\n"
         "concurrency:\n  runs:\n"
         f"    max_concurrent_runs: {settings.dagster_max_concurrent_runs}\n"
+        "    tag_concurrency_limits:\n"
+        "      # one run per partition at a time: a slower earlier load's REPLACE PARTITION must not hide a later one\n"
+        "      - key: dagster/partition\n        value:\n          applyLimitPerUniqueValue: true\n        limit: 1\n"
         "  pools:\n    default_limit: 1\n"
     )
 

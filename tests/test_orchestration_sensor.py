@@ -6,6 +6,7 @@ import json
 from datetime import datetime, timedelta
 
 import dagster as dg
+import pytest
 
 from orchestration.sensors.landing import catchup_requests, empty_hours_to_fill, plan_ticks
 from tests.orchestration_support import (  # noqa: F401 - orch_fixture provides the `orch` fixture
@@ -37,6 +38,7 @@ def day_keys(hour: datetime) -> list[str]:
     return [pkey(start + timedelta(hours=h)) for h in range(24)]
 
 
+@pytest.mark.orch_settings(live_load=False)  # the current hour is a canonical run too (tests/test_live_hours.py: live)
 def test_late_batch_three_days_ago_is_requested_once_and_loaded_once(orch: Env) -> None:
     late_hour = NOW_HOUR - timedelta(days=3, hours=2)
     recent = NOW_HOUR  # today: never complete, so only its landed hour runs

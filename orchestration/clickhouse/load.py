@@ -49,6 +49,16 @@ def load_hour(client, plan: SchemaPlan, hour_start: datetime, parquet: bytes, ro
     return hour_row_count(client, plan, hour_start)
 
 
+def append_hour(client, plan: SchemaPlan, parquet: bytes, rows: int) -> int:  # noqa: ANN001
+    """Plain ``INSERT`` of enriched rows of an open hour (the live path, orchestration.sensors.live): no staging,
+    no swap — the rows are added to what the hour holds. The caller guarantees their insert_ids are not in the
+    hour yet; the hour's canonical load later replaces them all. Returns ``rows``."""
+    if rows:
+        client.raw_insert(plan.events_table, list(EVENT_COLUMN_NAMES), insert_block=parquet, fmt="Parquet",
+                          settings={"insert_distributed_sync": 1} if plan.cluster else None)
+    return rows
+
+
 def drop_staging(client, plan: SchemaPlan, *tables: str) -> None:  # noqa: ANN001
     for table in dict.fromkeys(tables):
         client.command(f"DROP TABLE IF EXISTS {table}{plan.on_cluster}")

@@ -16,24 +16,36 @@ that were never loaded and are not in a queued/running run: they load as empty h
 the touched hours' ranges, so a past day whose events arrive at once is one run of 24 hours. A day
 with no landed data at all is never filled (no rows, and it blocks no other day). Fill-only ranges
 have the run key ``fill|first..last``: a failing fill is not relaunched every tick.
+
+Coalescing (issue 17): no run is requested for an hour that has a run which has not read the lake yet
+(queued, not started, starting: it will see the new commits); a started run justifies one more queued run.
+The instance runs at most one run per ``dagster/partition`` at a time (orchestration.cli.dagster_yaml), so
+that queued run swaps its hour in after the started one.
+
+Live hours (issue 17, ``LIVE_LOAD``): an *open* hour (its end + ``LIVE_HOUR_CLOSE_SECONDS`` not passed)
+with no canonical run in flight gets no run: the tick appends the new commit records' rows of it
+(orchestration.sensors.live, provisional enrichment, exact dedup), at most ``LIVE_MAX_ROWS_PER_TICK`` rows a
+tick. The cursor keeps the hours appended so far under ``"live"``; when one closes, the tick requests its
+canonical run (``close|<hour>``), which REPLACE-PARTITIONs it with the full enrichment output.
 """
 
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from enrichment.lake_io import hours_between
+from enrichment.lake_io import hours_between, partition_key_to_hour
 from eventpipe_core.lake_catalog import CommitRecord, committed_objects, iter_commit_records
 from eventpipe_core.settings import Settings
-from orchestration.clickhouse.assets import CLICKHOUSE_EVENTS
+from orchestration.clickhouse.assets import CLICKHOUSE_EVENTS, bump_loaded_days
 from orchestration.lake.assets import ENRICHED_EVENTS, RAW_EVENTS
 from orchestration.partitions import HOURLY_FMT, hourly_partitions
-from orchestration.resources import LakeResource
+from orchestration.resources import ClickHouseResource, EnrichmentResource, LakeResource
+from orchestration.sensors import live
 
 HOURLY_JOB = "hourly_events_job"
 MAX_RECORDS_PER_TICK = 5000
@@ -52,25 +64,44 @@ def hourly_events_job(settings: Settings) -> UnresolvedAssetJobDefinition:
     )
 
 
+LIVE_CURSOR_KEY = "live"  # hours appended live and not closed yet (their close run is still to request)
+
+
 def parse_cursor(cursor: str | None) -> dict[int, int]:
-    return {int(k): int(v) for k, v in json.loads(cursor).items()} if cursor else {}
+    return {int(k): int(v) for k, v in json.loads(cursor).items() if k != LIVE_CURSOR_KEY} if cursor else {}
 
 
-def dump_cursor(cursor: dict[int, int]) -> str:
-    return json.dumps({str(k): v for k, v in sorted(cursor.items())}, sort_keys=True)
+def parse_live_hours(cursor: str | None) -> set[str]:
+    return set(json.loads(cursor).get(LIVE_CURSOR_KEY, [])) if cursor else set()
+
+
+def dump_cursor(cursor: dict[int, int], live: Iterable[str] = ()) -> str:
+    body: dict = {str(k): v for k, v in sorted(cursor.items())}
+    if live:
+        body[LIVE_CURSOR_KEY] = sorted(set(live))
+    return json.dumps(body, sort_keys=True)
 
 
 def plan_ticks(
     records: Iterable[CommitRecord], cursor: dict[int, int], valid_key: dg.PartitionsDefinition | None = None,
-    limit: int = MAX_RECORDS_PER_TICK,
+    limit: int = MAX_RECORDS_PER_TICK, max_live_rows: int | None = None, is_live: Callable[[str], bool] | None = None,
 ) -> tuple[dict[str, list[CommitRecord]], dict[int, int], list[str]]:
-    """(records per touched hour partition, new cursor, hour keys outside the partitions) — pure."""
+    """(records per touched hour partition, new cursor, hour keys outside the partitions) — pure.
+
+    ``max_live_rows``: stop before the record that would take the rows of live hours (``is_live``) past it
+    (one record at least), so a tick's appends stay well inside the sensor timeout; the rest is next tick's."""
     touched: dict[str, list[CommitRecord]] = {}
     skipped: list[str] = []
     new_cursor = dict(cursor)
+    live_rows = 0
     for n, record in enumerate(records):
         if n >= limit:
             break
+        if max_live_rows is not None and is_live is not None:
+            rows = sum(v for k, v in record.rows_per_hour.items() if is_live(k))
+            if n and rows and live_rows + rows > max_live_rows:
+                break
+            live_rows += rows
         new_cursor[record.kafka_partition] = max(record.seq, new_cursor.get(record.kafka_partition, -1))
         for key in sorted(record.rows_per_hour):
             if valid_key is not None and not valid_key.has_partition_key(key):
@@ -125,20 +156,47 @@ def empty_hours_to_fill(
     return out
 
 
+NOT_YET_READING = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING)
+
+
 def hours_in_flight(instance: dg.DagsterInstance) -> set[str]:
     """Hour keys of queued or running runs (the hourly job's, UI backfills' too), single partition or range."""
-    out: set[str] = set()
+    waiting, started = hours_by_run_state(instance)
+    return waiting | started
+
+
+def hours_by_run_state(instance: dg.DagsterInstance) -> tuple[set[str], set[str]]:
+    """(hours of runs that have not read the lake yet — queued, not started, starting; hours of started runs)."""
+    waiting, started = set(), set()
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=list(IN_FLIGHT)), limit=1000):
-        tags = run.tags
-        keys = [tags.get("dagster/partition"), tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)]
-        try:
-            single, start, end = (datetime.strptime(k, HOURLY_FMT).replace(tzinfo=UTC) if k else None for k in keys)
-        except ValueError:
-            continue  # a daily (dbt) run
-        if single is not None:
-            out.add(single.strftime(HOURLY_FMT))
-        if start is not None and end is not None:
-            out |= {h.strftime(HOURLY_FMT) for h in hours_between(start, end + timedelta(hours=1))}
+        (started if run.status == dg.DagsterRunStatus.STARTED else waiting).update(run_hours(run.tags))
+    return waiting, started
+
+
+def coalesce(keys: Iterable[str], waiting: set[str]) -> list[str]:
+    """Hours still needing a run — pure. An hour with a run that has not read the lake yet needs none: that
+    run will see the new commits. A started run may have read too early: one more (queued) run is requested,
+    and the next commits coalesce into that one."""
+    return sorted({k for k in keys if k not in waiting})
+
+
+def is_open_hour(key: str, now: datetime, close_after: timedelta) -> bool:
+    """Live hour: its end + ``LIVE_HOUR_CLOSE_SECONDS`` has not passed yet — pure."""
+    return datetime.strptime(key, HOURLY_FMT).replace(tzinfo=UTC) + timedelta(hours=1) + close_after > now
+
+
+def run_hours(tags: Mapping[str, str]) -> set[str]:
+    """Hour keys a run's tags name (one partition or a range); none for a daily (dbt) run."""
+    out: set[str] = set()
+    keys = [tags.get("dagster/partition"), tags.get(ASSET_PARTITION_RANGE_START_TAG), tags.get(ASSET_PARTITION_RANGE_END_TAG)]
+    try:
+        single, start, end = (datetime.strptime(k, HOURLY_FMT).replace(tzinfo=UTC) if k else None for k in keys)
+    except ValueError:
+        return out  # a daily (dbt) run
+    if single is not None:
+        out.add(single.strftime(HOURLY_FMT))
+    if start is not None and end is not None:
+        out |= {h.strftime(HOURLY_FMT) for h in hours_between(start, end + timedelta(hours=1))}
     return out
 
 
@@ -158,30 +216,67 @@ def range_run_config(hours_with_data: int, spark_min_hours: int) -> dict:
 
 def build_landing_sensor(settings: Settings, job: UnresolvedAssetJobDefinition) -> dg.SensorDefinition:
     partitions = hourly_partitions(settings)
+    close_after = timedelta(seconds=settings.live_hour_close_seconds)
 
     @dg.sensor(
         name="landing_commits_sensor",
         job=job,
         minimum_interval_seconds=settings.landing_sensor_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Requests runs for the event hours newly committed landed batches touched (late hours too), "
-        "one run per range of consecutive hours.",
+        description="Appends the new rows of open (live) hours to analytics.events; requests runs for the other event "
+        "hours newly committed landed batches touched (late hours too, one run per range of consecutive hours) and "
+        "the canonical run of each live hour once it closes.",
     )
-    def landing_commits_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
+    def landing_commits_sensor(context: dg.SensorEvaluationContext, lake: LakeResource, clickhouse: ClickHouseResource,
+                               enrichment: EnrichmentResource) -> dg.SensorResult:
         cursor = parse_cursor(context.cursor)
+        live_hours = parse_live_hours(context.cursor)  # with LIVE_LOAD turned off they all close now
         store = lake.open()
-        touched, new_cursor, skipped = plan_ticks(iter_commit_records(store, after=cursor), cursor, partitions)
+        now = datetime.now(UTC)
+
+        def is_live(key: str) -> bool:
+            return settings.live_load and is_open_hour(key, now, close_after)
+
+        touched, new_cursor, skipped = plan_ticks(iter_commit_records(store, after=cursor), cursor, partitions,
+                                                  max_live_rows=settings.live_max_rows_per_tick, is_live=is_live)
         if skipped:
             context.log.warning(f"landed rows for hours outside the partitions (clock skew?) not scheduled: {skipped[:20]}")
-        now = datetime.now(UTC)
+        waiting, started = hours_by_run_state(context.instance)
+        busy = waiting | started
+        for key in busy & live.cached_hours():
+            live.forget(key)  # rebuilt from the table (the canonical rows) before the next append
+        # open hours without a canonical run in flight: append their increments (never while one is in flight)
+        appends = {k: recs for k, recs in touched.items() if is_live(k) and k not in busy}
+        appended: dict[str, tuple[datetime, set[str]]] = {}
+        if appends:
+            client = clickhouse.ready_client()
+            geo = _geoip(enrichment)
+            for key, recs in sorted(appends.items()):
+                hour = partition_key_to_hour(key)
+                result = live.append_increment(store, client, clickhouse.plan, key, hour, recs, enrichment.config,
+                                               geo, _latest(context.instance, CLICKHOUSE_EVENTS, key))
+                appended[key] = (hour, result.projects)
+                context.log.info(f"live {key}: appended {result.rows} rows ({result.duplicates} already in the hour)")
+            bump_loaded_days(settings, live.days_of({k: v for k, v in appended.items() if v[1]}))
+        live_hours |= set(appends)
+        closing = sorted(k for k in live_hours if not is_live(k))
+        live_hours -= set(closing)
+        for key in closing:
+            live.forget(key)
+        canonical = {k: recs for k, recs in touched.items() if k not in appends}
         data_hours = set(touched) | recent_data_hours(context.instance, now, settings.late_data_lookback_days)
         fill = empty_hours_to_fill(
             data_hours, context.instance.get_materialized_partitions(CLICKHOUSE_EVENTS),
-            hours_in_flight(context.instance) | set(touched), now, timedelta(seconds=settings.landing_window_seconds),
+            busy | set(touched) | live_hours | set(closing), now, timedelta(seconds=settings.landing_window_seconds),
             partitions)
         run_requests, events = [], []
-        for group in hour_ranges([*touched, *fill], settings.backfill_max_partitions_per_run):
-            recs = list({(r.kafka_partition, r.seq): r for key in group for r in touched.get(key, [])}.values())
+        # closed live hours: the canonical load replaces their provisional rows (not needed if a run is waiting)
+        for key in closing:
+            if key not in waiting and key not in canonical:
+                run_requests.append(dg.RunRequest(run_key=f"close|{key}", partition_key=key,
+                                                  tags={"eventpipe/trigger": "close"}))
+        for group in hour_ranges(coalesce([*canonical, *fill], waiting), settings.backfill_max_partitions_per_run):
+            recs = list({(r.kafka_partition, r.seq): r for key in group for r in canonical.get(key, [])}.values())
             ids = "+".join(f"p{r.kafka_partition}s{r.seq}" for r in sorted(recs, key=lambda r: (r.kafka_partition, r.seq)))
             tags = {"eventpipe/trigger": "landing" if recs else "fill", "eventpipe/batches": str(len(recs))}
             key = "|".join([*([] if recs else ["fill"]), group[0] if len(group) == 1 else f"{group[0]}..{group[-1]}",
@@ -191,7 +286,7 @@ def build_landing_sensor(settings: Settings, job: UnresolvedAssetJobDefinition) 
             else:  # one run for the range: the hourly assets walk its hours in order
                 tags |= {ASSET_PARTITION_RANGE_START_TAG: group[0], ASSET_PARTITION_RANGE_END_TAG: group[-1]}
                 run_requests.append(dg.RunRequest(run_key=key, tags=tags, run_config=range_run_config(
-                    sum(1 for k in group if k in touched), settings.spark_backfill_min_hours)))
+                    sum(1 for k in group if k in canonical), settings.spark_backfill_min_hours)))
         if fill:
             context.log.info(f"complete days: loading {len(fill)} hours with nothing landed as empty "
                              f"({sorted({day_of_key(k) for k in fill})})")
@@ -200,13 +295,25 @@ def build_landing_sensor(settings: Settings, job: UnresolvedAssetJobDefinition) 
             rows = sum(r.rows_per_hour.get(key, 0) for r in recs)
             events.append(dg.AssetMaterialization(
                 asset_key=RAW_EVENTS, partition=key,
-                metadata={"new_rows": rows, "batches": len(recs), "commit_records": ids[:1000]},
+                metadata={"new_rows": rows, "batches": len(recs), "commit_records": ids[:1000],
+                          **({"live": True} if key in appends else {})},
             ))
-        if not run_requests and new_cursor == cursor:
-            return dg.SensorResult(skip_reason="no new landed batches, no complete day to fill", cursor=dump_cursor(new_cursor))
-        return dg.SensorResult(run_requests=run_requests, asset_events=events, cursor=dump_cursor(new_cursor))
+        next_cursor = dump_cursor(new_cursor, live_hours)
+        if not run_requests and not events and next_cursor == context.cursor:
+            return dg.SensorResult(skip_reason="no new landed batches, no complete day to fill", cursor=next_cursor)
+        return dg.SensorResult(run_requests=run_requests, asset_events=events, cursor=next_cursor)
 
     return landing_commits_sensor
+
+
+_GEO: dict[str | None, object] = {}
+
+
+def _geoip(enrichment: EnrichmentResource):  # noqa: ANN202 - GeoIpDatabase | None
+    """The geo-IP reader, opened once per code-server process (every tick with live appends uses it)."""
+    if enrichment.geoip_db_path not in _GEO:
+        _GEO[enrichment.geoip_db_path] = enrichment.open_geoip()
+    return _GEO[enrichment.geoip_db_path]
 
 
 def build_catchup_schedule(settings: Settings, job: UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
