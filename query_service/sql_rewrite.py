@@ -13,7 +13,8 @@ Everything is decided on sqlglot's ClickHouse-dialect syntax tree, never on the 
   ``x IN table`` must be written ``x IN (SELECT …)``; functions reading files, dictionaries or other tables
   (``file``, ``url``, ``dictGet*``, ``joinGet``, …) are refused (403);
 * every reference to ``events`` becomes the project's events as the typed endpoints read them — one row per
-  ``insert_id`` (the first received copy), bots excluded — and every mart reference the project's rows of that
+  ``insert_id`` (the first received copy), then bots excluded (after the deduplication, as
+  ``compile.common.events_source`` and the marts) — and every mart reference the project's rows of that
   mart: ``(SELECT * FROM <db>.<table> AS __ep_src WHERE __ep_src.project = {_ep_project:String} …) AS <alias>``,
   in subqueries, CTEs, joins and unions alike. The filter's columns are qualified, so no alias of the query can
   shadow them.
@@ -237,13 +238,21 @@ def _check_table(node: exp.Table, database: str) -> exp.Table | None:
     return node
 
 
-def _scoped_source(table: str, database: str) -> str:
+def _scoped_source(table: str, database: str, bounds: tuple[exp.Expression, ...] = ()) -> str:
+    """The project's rows of ``table``; ``events`` as the typed endpoints' source (``compile.common.events_source``):
+    one row per insert_id (the first received), then bots dropped. ``bounds``: conditions on the source's
+    ``event_time`` applied before the deduplication.
+
+    Every row is deduplicated here, not only the actors listed in ``event_copies`` as the typed endpoints do
+    (the same rows either way): a UNION of the two parts trips ``max_result_rows`` (SQL_MAX_RESULT_ROWS)
+    before an outer LIMIT stops it, so a query within its limit would be refused."""
     src = f"{database}.{table} AS {SRC_ALIAS}"
     where = f"{SRC_ALIAS}.project = {{{PROJECT_PARAM}:String}}"
-    if table == EVENTS_TABLE:  # the typed endpoints' event source: deduplicated, bots excluded
-        return (f"SELECT * FROM {src} WHERE {where} AND {SRC_ALIAS}.is_bot = 0"
-                f" ORDER BY {SRC_ALIAS}.received_at, {SRC_ALIAS}.event_time LIMIT 1 BY {SRC_ALIAS}.insert_id")
-    return f"SELECT * FROM {src} WHERE {where}"
+    if table != EVENTS_TABLE:
+        return f"SELECT * FROM {src} WHERE {where}"
+    where = " AND ".join([where, *(f"({b.sql(DIALECT)})" for b in bounds)])
+    return (f"SELECT * FROM (SELECT * FROM {src} WHERE {where} ORDER BY {SRC_ALIAS}.received_at, {SRC_ALIAS}.event_time"
+            f" LIMIT 1 BY {SRC_ALIAS}.insert_id) AS {SRC_ALIAS}_dedup WHERE {SRC_ALIAS}_dedup.is_bot = 0")
 
 
 def _time_bounds(table: exp.Table, alias: str) -> list[exp.Expression]:
@@ -379,11 +388,8 @@ def rewrite(sql: str, database: str) -> Rewritten:
     shadowed = any(a.alias == "event_time" for a in query.find_all(exp.Alias, exp.CTE))
     for table in tables:
         alias = table.alias or table.name
-        inner = sqlglot.parse_one(_scoped_source(table.name, database), read=DIALECT)
-        if table.name == EVENTS_TABLE and not shadowed:
-            for cond in _time_bounds(table, alias):
-                assert isinstance(inner, exp.Select)
-                inner.where(cond, copy=False)
+        bounds = tuple(_time_bounds(table, alias)) if table.name == EVENTS_TABLE and not shadowed else ()
+        inner = sqlglot.parse_one(_scoped_source(table.name, database, bounds), read=DIALECT)
         table.replace(exp.Subquery(this=inner, alias=exp.TableAlias(this=exp.to_identifier(alias))))
     query = _expand_custom(query)
     prefix = "EXPLAIN " + (kind + " " if kind else "") if explain else ""

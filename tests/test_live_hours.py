@@ -188,3 +188,22 @@ def test_a_started_run_justifies_one_more_queued_run_and_no_append(orch: Env) ->
     land_batch(orch.lake, [raw_row("z1", HOUR + timedelta(minutes=2))], kafka_partition=0, seq=1, start_offset=1)
     second = tick(orch, first.cursor)
     assert second.run_requests == [] and "live" not in json.loads(second.cursor)  # the waiting run will see z1
+
+
+@pytest.mark.orch_settings(**OPEN)
+def test_live_copy_of_an_id_in_another_hour_is_listed_for_the_readers(orch: Env) -> None:
+    """A live append lists cross-hour copies in event_copies (as a canonical load does): readers count them once."""
+    db = orch.settings.clickhouse.database
+    earlier = HOUR - timedelta(hours=1)
+    land_batch(orch.lake, [raw_row("x0", earlier + timedelta(minutes=5), device_id="dev-x"),
+                           raw_row("y0", earlier + timedelta(minutes=6))], kafka_partition=0, seq=0, start_offset=0)
+    first = tick(orch, None)
+    assert first.run_requests == [] and orch.rows(f"SELECT insert_id FROM {db}.event_copies WHERE project = 'demo'") == []
+    # the client re-sends x0 with another event time: a row in another (open) hour
+    land_batch(orch.lake, [raw_row("x0", HOUR + timedelta(minutes=7), device_id="dev-x")],
+               kafka_partition=0, seq=1, start_offset=2)
+    second = tick(orch, first.cursor)
+    assert second.run_requests == []
+    assert orch.rows(f"SELECT insert_id, count() FROM {db}.events GROUP BY insert_id ORDER BY insert_id") == [
+        ("x0", 2), ("y0", 1)]
+    assert orch.rows(f"SELECT DISTINCT insert_id FROM {db}.event_copies WHERE project = 'demo'") == [("x0",)]

@@ -8,6 +8,15 @@ side by side (``bench/clickhouse_load.py``, 200k rows, embedded server): this bo
 speed of the server reading the same file itself (``INSERT … SELECT FROM file()``, ratio 1.0), while
 ``insert_arrow`` (``FORMAT Arrow``) reached 0.74 of it and clickhouse-connect's ``FORMAT Native`` 0.68
 — so Parquet stays the load format.
+
+Copies (``event_copies``, the rule readers rely on to skip deduplicating everything else): an insert_id
+with rows in more than one hour must be listed in ``event_copies``, with the actor of each of its rows,
+while those rows are readable. So a load lists the staged hour's insert_ids that ``events`` holds in
+*other* hours (and any repeated within the staged rows) **before** the swap: a crash between the listing
+and the swap leaves at most a listed id without a copy (harmless, only deduplicated for nothing), never an
+unlisted copy. It lists again after the swap: two hours loaded concurrently each probe before the other's
+swap, and the later of the two after-swap probes sees the other hour. Listing is idempotent
+(ReplacingMergeTree on the row) and never removed, so re-loading an hour neither invents nor loses entries.
 """
 
 from __future__ import annotations
@@ -41,7 +50,9 @@ def load_hour(client, plan: SchemaPlan, hour_start: datetime, parquet: bytes, ro
         if rows:
             client.raw_insert(insert_table, list(EVENT_COLUMN_NAMES), insert_block=parquet, fmt="Parquet",
                               settings={"insert_distributed_sync": 1} if plan.cluster else None)
-            client.command(f"ALTER TABLE {plan.data_table}{plan.on_cluster} REPLACE PARTITION ID '{pid}' FROM {local_table}")
+            record_copies(client, plan, insert_table, hour_start)  # before the swap (module docstring)
+            swap_hour(client, plan, pid, local_table)
+            record_copies(client, plan, insert_table, hour_start)  # a concurrent load of another hour
         else:
             client.command(f"ALTER TABLE {plan.data_table}{plan.on_cluster} DROP PARTITION ID '{pid}'")
     finally:
@@ -49,14 +60,54 @@ def load_hour(client, plan: SchemaPlan, hour_start: datetime, parquet: bytes, ro
     return hour_row_count(client, plan, hour_start)
 
 
-def append_hour(client, plan: SchemaPlan, parquet: bytes, rows: int) -> int:  # noqa: ANN001
-    """Plain ``INSERT`` of enriched rows of an open hour (the live path, orchestration.sensors.live): no staging,
-    no swap — the rows are added to what the hour holds. The caller guarantees their insert_ids are not in the
-    hour yet; the hour's canonical load later replaces them all. Returns ``rows``."""
-    if rows:
-        client.raw_insert(plan.events_table, list(EVENT_COLUMN_NAMES), insert_block=parquet, fmt="Parquet",
+def append_hour(client, plan: SchemaPlan, hour_start: datetime, parquet: bytes, rows: int) -> int:  # noqa: ANN001
+    """Add enriched rows to an open hour (the live path, orchestration.sensors.live): staged, their copies in
+    other hours listed (as :func:`load_hour` does, before and after), then ``ATTACH PARTITION … FROM`` staging —
+    the staged parts join the hour in one step, nothing is replaced. The caller guarantees their insert_ids are
+    not in the hour yet; the hour's canonical load later replaces them all. Returns ``rows``.
+
+    Cost: each listing scans ``events``' (project, insert_id) outside the hour, like a load's."""
+    if not rows:
+        return 0
+    plan = adapt_to_existing(client, plan)
+    pid = partition_id(hour_start)
+    suffix = f"{hour_start.astimezone(UTC):%Y%m%d%H}_{uuid.uuid4().hex[:8]}"
+    insert_table, ddl, local_table = plan.staging_statements(suffix)
+    try:
+        for sql in ddl:
+            client.command(sql)
+        client.raw_insert(insert_table, list(EVENT_COLUMN_NAMES), insert_block=parquet, fmt="Parquet",
                           settings={"insert_distributed_sync": 1} if plan.cluster else None)
+        record_copies(client, plan, insert_table, hour_start)
+        client.command(f"ALTER TABLE {plan.data_table}{plan.on_cluster} ATTACH PARTITION ID '{pid}' FROM {local_table}")
+        record_copies(client, plan, insert_table, hour_start)
+    finally:
+        drop_staging(client, plan, insert_table, local_table)
     return rows
+
+
+def swap_hour(client, plan: SchemaPlan, pid: str, local_table: str) -> None:  # noqa: ANN001
+    """The atomic step of a load: the staged rows become the hour (readers see the old hour or the new)."""
+    client.command(f"ALTER TABLE {plan.data_table}{plan.on_cluster} REPLACE PARTITION ID '{pid}' FROM {local_table}")
+
+
+def record_copies(client, plan: SchemaPlan, staged: str, hour_start: datetime) -> None:  # noqa: ANN001
+    """List in ``event_copies`` the insert_ids of ``staged`` (rows meant for hour ``hour_start``) that
+    ``events`` holds in another hour, or that ``staged`` repeats — with the actor of every row of them, staged
+    or not. The hour itself is excluded: it is being replaced.
+
+    One scan of ``events``' (project, insert_id) for the staged projects (``event_hour`` prunes the hour).
+    """
+    h = int(hour_start.astimezone(UTC).timestamp())
+    client.command(
+        f"INSERT INTO {plan.copies_table} (project, actor_id, insert_id)"
+        " SELECT project, arrayJoin(groupUniqArray(actor_id)), insert_id FROM ("
+        f"SELECT project, actor_id, insert_id FROM {staged}"
+        f" UNION ALL SELECT project, actor_id, insert_id FROM {plan.events_table}"
+        f" WHERE event_hour != toDateTime({{h:UInt32}}, 'UTC') AND project GLOBAL IN (SELECT DISTINCT project FROM {staged})"
+        f" AND (project, insert_id) GLOBAL IN (SELECT project, insert_id FROM {staged}))"
+        " GROUP BY project, insert_id HAVING count() > 1",
+        parameters={"h": h}, settings={"insert_distributed_sync": 1} if plan.cluster else None)
 
 
 def drop_staging(client, plan: SchemaPlan, *tables: str) -> None:  # noqa: ANN001

@@ -1,10 +1,18 @@
-"""DDL of ``analytics.events`` and ``analytics.identity_map`` — the one place it is written.
+"""DDL of ``analytics.events``, ``analytics.identity_map`` and ``analytics.event_copies`` — the one place it is written.
 
 Single server (default): ``events`` is a ReplacingMergeTree partitioned by ``event_hour``.
 With ``CLICKHOUSE_CLUSTER`` set (the scale-out path): every statement runs ``ON CLUSTER``, data
 lives in ``events_local`` (ReplicatedReplacingMergeTree on each shard) and ``events`` is a
 Distributed table over it, sharded by ``actor_id`` so one actor's events stay on one shard
 (funnels/retention run shard-locally). The dbt models read ``events`` in both layouts.
+
+``event_copies (project, actor_id, insert_id)`` lists every insert_id with more than one row in ``events``,
+with the actor_id of each of its rows (copies exist only across hours: each enriched hour is deduplicated
+and replaced whole). Readers deduplicate only the events of the listed actors and pass every other row
+through (``query_service.compile.common.events_source``): routing by actor_id, the sort key's first column
+after the project, costs no read of the wide insert_id column. Loads list an hour's copies before swapping
+it in (``orchestration.clickhouse.load``). On a cluster the data is in ``event_copies_local``, sharded by
+actor like ``events``.
 """
 
 from __future__ import annotations
@@ -105,6 +113,11 @@ class SchemaPlan:
         return f"{quote(self.database)}.events"
 
     @property
+    def copies_table(self) -> str:
+        """Table readers query and loads insert into (Distributed on a cluster)."""
+        return f"{quote(self.database)}.event_copies"
+
+    @property
     def data_table(self) -> str:
         """Table holding the parts; REPLACE PARTITION targets it."""
         return f"{quote(self.database)}.events_local" if self.cluster else self.events_table
@@ -160,6 +173,18 @@ class SchemaPlan:
                 f"CREATE TABLE IF NOT EXISTS {db}.identity_map{self.on_cluster} AS {db}.identity_map_local\n"
                 f"ENGINE = Distributed({quote_str(self.cluster)}, {quote_str(self.database)}, 'identity_map_local', "
                 "cityHash64(device_id))"
+            )
+        copies = "event_copies_local" if self.cluster else "event_copies"
+        out.append(
+            f"CREATE TABLE IF NOT EXISTS {db}.{copies}{self.on_cluster}\n"
+            "(\n    project LowCardinality(String),\n    actor_id String,\n    insert_id String\n)\n"
+            f"ENGINE = {self.engine(copies, replacing_version=None)}\nORDER BY (project, actor_id, insert_id)"
+        )
+        if self.cluster:  # sharded like events (by actor): a shard's copies sit beside the actors' events
+            out.append(
+                f"CREATE TABLE IF NOT EXISTS {db}.event_copies{self.on_cluster} AS {db}.event_copies_local\n"
+                f"ENGINE = Distributed({quote_str(self.cluster)}, {quote_str(self.database)}, 'event_copies_local', "
+                "cityHash64(actor_id))"
             )
         # The shared funnel functions (eventpipe_core.funnel_sql): global to the server, callable by every
         # user (readers included); OR REPLACE so an upgrade ships a changed body.
@@ -237,4 +262,35 @@ def ensure_plan(client, plan: SchemaPlan) -> SchemaPlan:  # noqa: ANN001 - click
     )
     if f"toIntervalDay({plan.ttl_days})" not in str(current):
         client.command(plan.ttl_statement())
+    backfill_copies(client, plan)
     return plan
+
+
+def backfill_copies(client, plan: SchemaPlan) -> bool:  # noqa: ANN001 - clickhouse_connect client
+    """List the copies ``events`` already holds, once: a deployment predating ``event_copies`` has an empty list.
+
+    Done when the sentinel row ``('', '', '')`` is there (no project is named ''); it is written after the
+    listing, so a crash half-way lists again at the next ensure (inserts are idempotent). Returns whether
+    the listing ran.
+    """
+    done = client.command(f"SELECT count() FROM {plan.copies_table} WHERE project = '' AND insert_id = ''")
+    if int(done):
+        return False
+    list_copies(client, plan)
+    sync = {"insert_distributed_sync": 1} if plan.cluster else None
+    client.command(f"INSERT INTO {plan.copies_table} (project, actor_id, insert_id) VALUES ('', '', '')", settings=sync)
+    return True
+
+
+def list_copies(client, plan: SchemaPlan, project: str | None = None) -> None:  # noqa: ANN001
+    """List every insert_id with more than one row in ``events`` (of ``project``, or all), with each row's actor:
+    a full scan, for the one-time backfill and for writers that bypass ``load_hour`` (tests appending rows).
+
+    ``count() > 1`` rather than "in more than one hour": it also lists copies within an hour written by a path
+    other than ``load_hour`` (a listed id with one row is only deduplicated for nothing)."""
+    where = "" if project is None else "WHERE project = {p:String} "
+    client.command(f"INSERT INTO {plan.copies_table} (project, actor_id, insert_id) SELECT project,"
+                   f" arrayJoin(groupUniqArray(actor_id)), insert_id FROM {plan.events_table} {where}"
+                   "GROUP BY project, insert_id HAVING count() > 1",
+                   parameters={"p": project} if project is not None else None,
+                   settings={"insert_distributed_sync": 1} if plan.cluster else None)

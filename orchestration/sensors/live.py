@@ -26,7 +26,9 @@ Provisional until the hour closes — where live rows can differ from the canoni
   ``resolved_user_id``; the close run stitches it;
 * which copy of a duplicate insert_id is kept: the first appended, not the first landed.
 
-Counts are never provisional: dedup is exact, so an hour's live rows are the canonical rows' insert_ids.
+Counts are never provisional: dedup is exact, so an hour's live rows are the canonical rows' insert_ids;
+an insert_id with a row in another hour is listed in ``event_copies`` by :func:`append_hour` (as a canonical
+load lists it), so readers count it once.
 """
 
 from __future__ import annotations
@@ -177,7 +179,7 @@ def append_increment(store: LakeStore, client, plan: SchemaPlan, key: str, hour:
         result = enrich_hour(raw, hour_start=hour, carry=state.carry, identity_map=state.known,
                              geo_lookup=geo_lookup, config=config)
         table = result.table
-        append_hour(client, plan, to_parquet_bytes(table), table.num_rows)
+        append_hour(client, plan, hour, to_parquet_bytes(table), table.num_rows)
         write_identities(client, plan, result.identities)
     except Exception:
         forget(key)
