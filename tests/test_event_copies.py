@@ -20,7 +20,7 @@ from enrichment.rules import to_parquet_bytes
 from eventpipe_core.metadata import MetadataStore
 from eventpipe_core.metadata.secrets import create_key_with_secret
 from eventpipe_core.settings import load_settings
-from orchestration.clickhouse.load import load_hour, record_copies, swap_hour
+from orchestration.clickhouse.load import load_hour, load_hours, record_copies, swap_hour
 from orchestration.clickhouse.schema import SchemaPlan, backfill_copies, ensure_plan
 from query_service.app import create_app
 from query_service.compile.common import Binder, events_source
@@ -181,6 +181,31 @@ def test_reloading_an_hour_is_idempotent(world: dict[str, Any]) -> None:
     t = enriched_rows(by_hour[h5], PROJECT)
     load_hour(c, plan, datetime.fromtimestamp(h5 * 3600, UTC), to_parquet_bytes(t), t.num_rows)
     assert listed(c) == before
+
+
+def test_a_range_load_lists_copies_between_its_hours_and_with_others(world: dict[str, Any]) -> None:
+    """load_hours (a range run) lists once for all its hours: copies among them and with hours outside."""
+    c, plan, project = world["client"], world["plan"], "t-copies-range"
+    base = DAY0 + 5 * DAY
+
+    def hour(h: int, ids: list[str]) -> tuple[datetime, bytes, int]:
+        t = enriched_rows([{"time": base + h * H + n, "insert_id": i, "actor_id": "ra", "event_type": "x"}
+                           for n, i in enumerate(ids)], project)
+        return datetime.fromtimestamp((base + h * H) // 1000, UTC), to_parquet_bytes(t), t.num_rows
+
+    load_hour(c, plan, *hour(0, ["old", "solo0"]))
+    assert listed(c, project) == set()
+    counts = load_hours(c, plan, [hour(1, ["twin", "old", "solo1"]), hour(2, ["twin"]), hour(3, [])])
+    assert counts == [3, 1, 0]
+    assert listed(c, project) == {"twin", "old"}
+    # the same range again (idempotent), and hour 1 re-loaded alone with its old copy gone: still listed, harmless
+    assert load_hours(c, plan, [hour(1, ["twin", "old", "solo1"]), hour(2, ["twin"])]) == [3, 1]
+    assert listed(c, project) == {"twin", "old"}
+    b = Binder()
+    src = events_source(b, Scope(project=project, timezone="UTC", include_bots=True), base - DAY, base + DAY)
+    rows = c.query(f"SELECT insert_id, count() FROM {src} GROUP BY 1 ORDER BY 1", parameters=b.params).result_rows
+    assert rows == [("old", 1), ("solo0", 1), ("solo1", 1), ("twin", 1)]
+    load_hours(c, plan, [(hour(h, [])[0], b"", 0) for h in range(4)])  # leave the fixture's data as it was
 
 
 def test_backfill_of_a_deployment_predating_the_list(chserver: ChServer) -> None:

@@ -2,7 +2,8 @@
 
 
 import io
-from datetime import date
+from collections.abc import Iterator
+from datetime import date, datetime
 
 import dagster as dg
 import pyarrow.parquet as pq
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 from enrichment.lake_io import hours_between, read_enriched
 from eventpipe_core import data_versions
 from eventpipe_core.settings import Settings
-from orchestration.clickhouse.load import load_hour
+from orchestration.clickhouse.load import load_hours
 from orchestration.lake.assets import ENRICHED_EVENTS
 from orchestration.partitions import (
     accepted_beta_apis,
@@ -60,14 +61,23 @@ def _build(settings: Settings) -> dg.AssetsDefinition:
         window = context.partition_time_window
         loaded = 0
         touched: dict[date, set[str]] = {}
-        for hour in hours_between(window.start, window.end):
-            data = read_enriched(store, hour)
-            if data is None:
-                raise dg.Failure(f"enriched_events has no output for {hour:%Y-%m-%d %H:00}; materialize it first")
-            parquet = pq.ParquetFile(io.BytesIO(data))
-            rows = parquet.metadata.num_rows
-            projects = set(parquet.read(columns=["project"]).column("project").unique().to_pylist()) if rows else set()
-            count = load_hour(client, clickhouse.plan, hour, data, rows)
+        read: list[tuple[datetime, int, set[str]]] = []  # (hour, rows, projects) in order
+
+        def enriched_hours() -> Iterator[tuple[datetime, bytes, int]]:
+            """Each hour's enriched file, read only when load_hours stages it (a range's bytes are never all held)."""
+            for hour in hours_between(window.start, window.end):
+                data = read_enriched(store, hour)
+                if data is None:
+                    raise dg.Failure(f"enriched_events has no output for {hour:%Y-%m-%d %H:00}; materialize it first")
+                parquet = pq.ParquetFile(io.BytesIO(data))
+                rows = parquet.metadata.num_rows
+                projects = set(parquet.read(columns=["project"]).column("project").unique().to_pylist()) if rows else set()
+                read.append((hour, rows, projects))
+                yield hour, data, rows
+
+        # staged hour by hour, copies listed once for the range, then swapped hour by hour (load_hours)
+        counts = load_hours(client, clickhouse.plan, enriched_hours())
+        for (hour, rows, projects), count in zip(read, counts, strict=True):
             if count != rows:
                 raise dg.Failure(f"{hour:%Y-%m-%d %H:00}: loaded {rows} rows but the hour holds {count}")
             loaded += rows
