@@ -222,6 +222,13 @@ def session_keys(table: pa.Table) -> pa.Array:
     return pc.if_else(pc.is_null(device), as_user, as_device)
 
 
+#: :func:`session_keys` as a ClickHouse SQL expression over ``device_id`` / ``user_id`` columns: the same rule,
+#: for queries that compute session keys on the server (``orchestration.sensors.live.rebuild_state``).
+#: Keep the two in step (tests/test_enrichment_differential.py checks they agree).
+SESSION_KEY_SQL = ("if(device_id IS NULL, concat('u:', ifNull(user_id, '')), "
+                   "if(startsWith(device_id, 'u:'), device_id, concat('d:', device_id)))")
+
+
 def session_key(df: pd.DataFrame | pa.Table) -> pd.Series:
     """:func:`session_keys` as a pandas Series (index kept), for callers holding pandas frames."""
     if isinstance(df, pd.DataFrame):

@@ -9,11 +9,13 @@ user agent and by rate, duplicates landed twice with other coordinates, odd ids 
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import chdb
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -23,7 +25,14 @@ from hypothesis import strategies as st
 import tests.enrichment_reference as ref
 from demo.generator import DemoConfig, generate
 from enrichment.geoip import open_geoip
-from enrichment.rules import EnrichmentConfig, enrich_hour, session_state_from_enriched, to_parquet_bytes
+from enrichment.rules import (
+    SESSION_KEY_SQL,
+    EnrichmentConfig,
+    enrich_hour,
+    session_keys,
+    session_state_from_enriched,
+    to_parquet_bytes,
+)
 from eventpipe_core.event_model import RAW_EVENT_SCHEMA, encode_envelope, envelope_to_row, make_envelope
 from tests.orchestration_support import GOOGLEBOT_UA, LONDON_IP, write_geoip_db
 
@@ -190,3 +199,38 @@ def test_merge_identity_map_agrees() -> None:
 
     assert merge_identity_map({"d3": "known"}, learned) == ref.merge_identity_map({"d3": "known"}, learned) == {
         "d1": "a", "d2": "x", "d3": "known"}
+
+
+SESSION_KEY_CASES = [  # (device_id, user_id, expected key)
+    ("dev1", None, "d:dev1"),
+    ("dev1", "alice", "d:dev1"),  # the device wins over the user
+    ("u:alice", "alice", "u:alice"),  # a device id already starting with u: is used as is
+    ("u:x", None, "u:x"),
+    ("u:", "bob", "u:"),
+    ("U:x", None, "d:U:x"),  # the prefix is case-sensitive
+    ("xu:1", None, "d:xu:1"),
+    (None, "bob", "u:bob"),
+    (None, "u:bob", "u:u:bob"),
+    (None, None, "u:"),
+    ("", None, "d:"),  # an empty device is a device
+    ("", "carol", "d:"),
+    (None, "", "u:"),
+    ("", "", "d:"),
+    ("dév 'q' \\ ü", "ü", "d:dév 'q' \\ ü"),
+]
+
+
+def test_session_key_sql_agrees_with_session_keys() -> None:
+    """SESSION_KEY_SQL (evaluated by chDB, Nullable columns as in ``analytics.events``) and session_keys (pyarrow)
+    give the same key on every case, and the expected one."""
+    devices, users, expected = (list(c) for c in zip(*SESSION_KEY_CASES, strict=True))
+    got_arrow = session_keys(pa.table({"device_id": pa.array(devices, pa.string()),
+                                       "user_id": pa.array(users, pa.string())})).to_pylist()
+    rows = "\n".join(json.dumps({"i": i, "device_id": d, "user_id": u}) for i, (d, u, _) in enumerate(SESSION_KEY_CASES))
+    literal = "'" + rows.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    result = chdb.query(f"SELECT i, {SESSION_KEY_SQL} AS key FROM format(JSONEachRow, "
+                        f"'i UInt32, device_id Nullable(String), user_id Nullable(String)', {literal}) ORDER BY i",
+                        "JSONEachRow")
+    got_sql = [json.loads(line)["key"] for line in result.data().splitlines()]
+    assert got_arrow == expected
+    assert got_sql == expected

@@ -150,7 +150,7 @@ def test_listing_happens_before_the_swap(world: dict[str, Any]) -> None:
         for sql in ddl:
             c.command(sql)
         c.raw_insert(insert_table, list(table.column_names), insert_block=to_parquet_bytes(table), fmt="Parquet")
-        record_copies(c, plan, insert_table, start)
+        record_copies(c, plan, [insert_table], [start])
         assert "r2" in listed(c) and "fresh" not in listed(c)  # listed while the copy is not yet readable
         swap_hour(c, plan, str(hour // 1000), local_table)
     finally:

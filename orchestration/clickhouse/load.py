@@ -56,14 +56,8 @@ def load_hours(client, plan: SchemaPlan, hours: Iterable[tuple[datetime, bytes, 
     staged: list[tuple[datetime, int, str, str]] = []  # (hour, rows, insert table, local table)
     try:
         for hour_start, parquet, rows in hours:
-            suffix = f"{hour_start.astimezone(UTC):%Y%m%d%H}_{uuid.uuid4().hex[:8]}"
-            insert_table, ddl, local_table = plan.staging_statements(suffix)
+            insert_table, local_table = _stage_hour(client, plan, hour_start, parquet, rows)
             staged.append((hour_start, rows, insert_table, local_table))
-            for sql in ddl:
-                client.command(sql)
-            if rows:
-                client.raw_insert(insert_table, list(EVENT_COLUMN_NAMES), insert_block=parquet, fmt="Parquet",
-                                  settings={"insert_distributed_sync": 1} if plan.cluster else None)
         full = [(s[2], s[0]) for s in staged if s[1]]
         if full:
             record_copies(client, plan, [t for t, _ in full], [h for _, h in full])  # before the swaps
@@ -91,19 +85,33 @@ def append_hour(client, plan: SchemaPlan, hour_start: datetime, parquet: bytes, 
         return 0
     plan = adapt_to_existing(client, plan)
     pid = partition_id(hour_start)
+    insert_table, local_table = _stage_hour(client, plan, hour_start, parquet, rows)
+    try:
+        record_copies(client, plan, [insert_table], [hour_start])
+        client.command(f"ALTER TABLE {plan.data_table}{plan.on_cluster} ATTACH PARTITION ID '{pid}' FROM {local_table}")
+        record_copies(client, plan, [insert_table], [hour_start])
+    finally:
+        drop_staging(client, plan, insert_table, local_table)
+    return rows
+
+
+def _stage_hour(client, plan: SchemaPlan, hour_start: datetime, parquet: bytes,  # noqa: ANN001
+                rows: int) -> tuple[str, str]:
+    """Create a fresh staging table for ``hour_start`` and send it the enriched Parquet (nothing when ``rows``
+    is 0). Returns ``(insert table, local table)``; the caller drops them (:func:`drop_staging`) when done.
+    If staging fails, its tables are dropped here before the error propagates."""
     suffix = f"{hour_start.astimezone(UTC):%Y%m%d%H}_{uuid.uuid4().hex[:8]}"
     insert_table, ddl, local_table = plan.staging_statements(suffix)
     try:
         for sql in ddl:
             client.command(sql)
-        client.raw_insert(insert_table, list(EVENT_COLUMN_NAMES), insert_block=parquet, fmt="Parquet",
-                          settings={"insert_distributed_sync": 1} if plan.cluster else None)
-        record_copies(client, plan, insert_table, hour_start)
-        client.command(f"ALTER TABLE {plan.data_table}{plan.on_cluster} ATTACH PARTITION ID '{pid}' FROM {local_table}")
-        record_copies(client, plan, insert_table, hour_start)
-    finally:
+        if rows:
+            client.raw_insert(insert_table, list(EVENT_COLUMN_NAMES), insert_block=parquet, fmt="Parquet",
+                              settings={"insert_distributed_sync": 1} if plan.cluster else None)
+    except BaseException:
         drop_staging(client, plan, insert_table, local_table)
-    return rows
+        raise
+    return insert_table, local_table
 
 
 def swap_hour(client, plan: SchemaPlan, pid: str, local_table: str) -> None:  # noqa: ANN001
@@ -111,18 +119,16 @@ def swap_hour(client, plan: SchemaPlan, pid: str, local_table: str) -> None:  # 
     client.command(f"ALTER TABLE {plan.data_table}{plan.on_cluster} REPLACE PARTITION ID '{pid}' FROM {local_table}")
 
 
-def record_copies(client, plan: SchemaPlan, staged: str | Sequence[str],  # noqa: ANN001
-                  hour_start: datetime | Sequence[datetime]) -> None:
-    """List in ``event_copies`` the insert_ids of the staging table(s) ``staged`` (rows meant for the hour(s)
-    ``hour_start``) that ``events`` holds in another hour, or that the staged rows repeat — with the actor of
+def record_copies(client, plan: SchemaPlan, staged: Sequence[str],  # noqa: ANN001
+                  hours: Sequence[datetime]) -> None:
+    """List in ``event_copies`` the insert_ids of the staging tables ``staged`` (rows meant for the hours
+    ``hours``) that ``events`` holds in another hour, or that the staged rows repeat — with the actor of
     every row of them, staged or not. The staged hours themselves are excluded from ``events``: they are being
     replaced.
 
     One scan of ``events``' (project, insert_id) for the staged projects (``event_hour`` prunes the hours).
     """
-    tables = [staged] if isinstance(staged, str) else list(staged)
-    hours = [hour_start] if isinstance(hour_start, datetime) else list(hour_start)
-    union = " UNION ALL ".join(f"SELECT project, actor_id, insert_id FROM {t}" for t in tables)
+    union = " UNION ALL ".join(f"SELECT project, actor_id, insert_id FROM {t}" for t in staged)
     client.command(
         f"INSERT INTO {plan.copies_table} (project, actor_id, insert_id)"
         " SELECT project, arrayJoin(groupUniqArray(actor_id)), insert_id FROM ("

@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from enrichment.lake_io import hour_parts, read_visible_object
-from enrichment.rules import EnrichmentConfig, earliest_users, enrich_hour, to_parquet_bytes
+from enrichment.rules import SESSION_KEY_SQL, EnrichmentConfig, earliest_users, enrich_hour, to_parquet_bytes
 from eventpipe_core.lake_catalog import CommitRecord, hour_objects
 from eventpipe_core.lake_store import LakeStore
 from orchestration.clickhouse.load import append_hour, read_identity_map, write_identities
@@ -105,10 +105,6 @@ def forget_all() -> None:
 
 def cached_hours() -> set[str]:
     return {k[1] for k in _STATES}
-
-
-SESSION_KEY_SQL = ("if(device_id IS NULL, concat('u:', ifNull(user_id, '')), "
-                   "if(startsWith(device_id, 'u:'), device_id, concat('d:', device_id)))")  # = rules.session_keys
 
 
 def rebuild_state(client, plan: SchemaPlan, hour: datetime, config: EnrichmentConfig,  # noqa: ANN001
