@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     clickhouse_readonly_user: str = "reader"
     clickhouse_readonly_password: str = "reader"
     clickhouse_ttl_days: int = Field(default=90, ge=1)
+    # Partitions of a new analytics.events: "hour" (each hour load swaps one partition: any ingest rate) or "day"
+    # (each hour load rewrites its day under a per-day lock: ~2x faster queries, for up to a few M events a day;
+    # single server only). An existing table keeps the partitioning it was created with.
+    clickhouse_partition: Literal["hour", "day"] = "hour"
     chserver_data_dir: Path | None = None  # default: $EVENTPIPE_HOME/clickhouse
 
     # --- chserver (embedded ClickHouse): users, credentials, limits ------------------------------
@@ -269,6 +273,12 @@ class Settings(BaseSettings):
         if urlsplit(v).scheme not in ("memory", "s3"):
             raise ValueError(f"BROKER_STORAGE_URL must be memory://… or s3://bucket/, got {v!r}")
         return v
+
+    @model_validator(mode="after")
+    def _check_partition(self) -> Settings:
+        if self.clickhouse_partition == "day" and self.clickhouse_cluster:
+            raise ValueError("CLICKHOUSE_PARTITION=day is single-server only: unset CLICKHOUSE_CLUSTER or use hour")
+        return self
 
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:

@@ -9,6 +9,12 @@ speed of the server reading the same file itself (``INSERT … SELECT FROM file(
 ``insert_arrow`` (``FORMAT Arrow``) reached 0.74 of it and clickhouse-connect's ``FORMAT Native`` 0.68
 — so Parquet stays the load format.
 
+Day partitions (``CLICKHOUSE_PARTITION=day``, single server): the unit of replacement stays the hour, but
+the swap is of the hour's day — the day's other hours copied from the table plus the staged hours, in one
+``REPLACE PARTITION`` — under the day's lock, which live appends take too (:func:`day_lock`), so writers of
+different hours of one day never drop each other's rows. Each load rewrites its day: fine up to a few
+million events a day, not at the rates hourly partitions take.
+
 Copies (``event_copies``, the rule readers rely on to skip deduplicating everything else): an insert_id
 with rows in more than one hour must be listed in ``event_copies``, with the actor of each of its rows,
 while those rows are readable. So a load lists the staged hour's insert_ids that ``events`` holds in
@@ -21,18 +27,35 @@ swap, and the later of the two after-swap probes sees the other hour. Listing is
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pandas as pd
 
-from orchestration.clickhouse.schema import EVENT_COLUMN_NAMES, STAGING_PREFIX, SchemaPlan, adapt_to_existing, quote
+from orchestration.clickhouse.schema import (
+    EVENT_COLUMN_NAMES,
+    LOCK_PREFIX,
+    STAGING_PREFIX,
+    SchemaPlan,
+    adapt_to_existing,
+    quote,
+)
+
+log = logging.getLogger(__name__)
+DAY_LOCK_TIMEOUT_S = 900.0  # how long a day load waits for another writer of the same day
+DAY_LOCK_STALE_S = 3600.0  # a lock older than this is a crashed writer's: taken over (a day rewrite takes seconds)
 
 
-def partition_id(hour_start: datetime) -> str:
-    """ClickHouse partition ID of an ``event_hour`` (DateTime) partition: the epoch seconds."""
-    return str(int(hour_start.astimezone(UTC).timestamp()))
+def partition_id(hour_start: datetime, partition: str = "hour") -> str:
+    """ClickHouse partition ID holding ``hour_start``: the epoch seconds of an ``event_hour`` partition, or the
+    ``YYYYMMDD`` of a ``toYYYYMMDD(event_hour)`` (day) partition."""
+    h = hour_start.astimezone(UTC)
+    return f"{h:%Y%m%d}" if partition == "day" else str(int(h.timestamp()))
 
 
 def load_hour(client, plan: SchemaPlan, hour_start: datetime, parquet: bytes, rows: int) -> int:  # noqa: ANN001
@@ -61,7 +84,9 @@ def load_hours(client, plan: SchemaPlan, hours: Iterable[tuple[datetime, bytes, 
         full = [(s[2], s[0]) for s in staged if s[1]]
         if full:
             record_copies(client, plan, [t for t, _ in full], [h for _, h in full])  # before the swaps
-        for hour_start, rows, _, local_table in staged:
+        if plan.partition == "day":
+            _swap_days(client, plan, [(h, rows, local) for h, rows, _, local in staged])
+        for hour_start, rows, _, local_table in staged if plan.partition == "hour" else ():
             pid = partition_id(hour_start)
             if rows:
                 swap_hour(client, plan, pid, local_table)
@@ -84,11 +109,16 @@ def append_hour(client, plan: SchemaPlan, hour_start: datetime, parquet: bytes, 
     if not rows:
         return 0
     plan = adapt_to_existing(client, plan)
-    pid = partition_id(hour_start)
+    pid = partition_id(hour_start, plan.partition)
     insert_table, local_table = _stage_hour(client, plan, hour_start, parquet, rows)
     try:
         record_copies(client, plan, [insert_table], [hour_start])
-        client.command(f"ALTER TABLE {plan.data_table}{plan.on_cluster} ATTACH PARTITION ID '{pid}' FROM {local_table}")
+        attach = f"ALTER TABLE {plan.data_table}{plan.on_cluster} ATTACH PARTITION ID '{pid}' FROM {local_table}"
+        if plan.partition == "day":  # a day rewrite running meanwhile would drop the attached parts
+            with day_lock(client, plan, pid):
+                client.command(attach)
+        else:
+            client.command(attach)
         record_copies(client, plan, [insert_table], [hour_start])
     finally:
         drop_staging(client, plan, insert_table, local_table)
@@ -112,6 +142,76 @@ def _stage_hour(client, plan: SchemaPlan, hour_start: datetime, parquet: bytes, 
         drop_staging(client, plan, insert_table, local_table)
         raise
     return insert_table, local_table
+
+
+def _swap_days(client, plan: SchemaPlan, staged: Sequence[tuple[datetime, int, str]]) -> None:  # noqa: ANN001
+    """Day partitions: swap the staged hours ``(hour, rows, local staging table)`` in, day by day.
+
+    Per day, under the day's lock (:func:`day_lock`: every writer of a day, loads and live appends, takes it,
+    so none loses another's rows): a fresh table receives the rows ``events`` holds for the day's *other*
+    hours (one INSERT … SELECT, a consistent snapshot of the day's parts) and the staged hours' parts
+    (ATTACH PARTITION FROM: hard links, no copy), then replaces the day in one ``REPLACE PARTITION`` — atomic
+    for readers, as an hour swap is — or the day is dropped when nothing is left of it. Cost: the day's rows
+    are rewritten by each load touching it, which is what bounds this layout to moderate daily volumes."""
+    by_day: dict[str, list[tuple[datetime, int, str]]] = defaultdict(list)
+    for item in staged:
+        by_day[partition_id(item[0], "day")].append(item)
+    cols = ", ".join(quote(c) for c in EVENT_COLUMN_NAMES)
+    for day, items in sorted(by_day.items()):
+        _, ddl, day_table = plan.staging_statements(f"{day}_day_{uuid.uuid4().hex[:8]}")
+        try:
+            for sql in ddl:
+                client.command(sql)
+            with day_lock(client, plan, day):
+                client.command(
+                    f"INSERT INTO {day_table} ({cols}) SELECT {cols} FROM {plan.data_table}"
+                    " WHERE toYYYYMMDD(event_hour) = {d:UInt32} AND toUInt32(event_hour) NOT IN {h:Array(UInt32)}",
+                    parameters={"d": int(day), "h": [int(h.astimezone(UTC).timestamp()) for h, _, _ in items]})
+                for _, rows, local_table in items:
+                    if rows:
+                        client.command(f"ALTER TABLE {day_table} ATTACH PARTITION ID '{day}' FROM {local_table}")
+                if int(client.command(f"SELECT count() FROM {day_table}")):
+                    swap_hour(client, plan, day, day_table)
+                else:
+                    client.command(f"ALTER TABLE {plan.data_table} DROP PARTITION ID '{day}'")
+        finally:
+            drop_staging(client, plan, day_table)
+
+
+@contextmanager
+def day_lock(client, plan: SchemaPlan, day: str, *, timeout_s: float | None = None,  # noqa: ANN001
+             stale_s: float | None = None) -> Iterator[None]:
+    """Hold the write lock of one day partition (``YYYYMMDD``) of ``events``: an empty table named
+    ``events__lock_<day>`` whose CREATE succeeds for one writer only (DDL is atomic on the server, so the lock
+    works across processes and hosts). Waits up to ``timeout_s`` (TimeoutError after); a lock older than
+    ``stale_s`` is a crashed writer's and is taken over (two writers finding the same stale lock at once could
+    both take it: the stale age is far above any day rewrite)."""
+    timeout_s = DAY_LOCK_TIMEOUT_S if timeout_s is None else timeout_s
+    stale_s = DAY_LOCK_STALE_S if stale_s is None else stale_s
+    name = f"{LOCK_PREFIX}{day}"
+    table = f"{quote(plan.database)}.{quote(name)}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.command(f"CREATE TABLE {table} (held UInt8) ENGINE = Memory")
+            break
+        except Exception as exc:  # clickhouse_connect's DatabaseError: TABLE_ALREADY_EXISTS while held
+            if "already exists" not in str(exc).lower():
+                raise
+        age = client.command(
+            "SELECT dateDiff('second', metadata_modification_time, now()) FROM system.tables"
+            " WHERE database = {db:String} AND name = {t:String}", parameters={"db": plan.database, "t": name})
+        if str(age).strip() not in ("", "[]") and float(age) > stale_s:
+            log.warning("day %s: taking over a lock held for %ss (a crashed writer)", day, age)
+            client.command(f"DROP TABLE IF EXISTS {table}")
+            continue
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"day {day} of {plan.data_table}: still locked by another writer after {timeout_s:.0f}s")
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        client.command(f"DROP TABLE IF EXISTS {table}")
 
 
 def swap_hour(client, plan: SchemaPlan, pid: str, local_table: str) -> None:  # noqa: ANN001
