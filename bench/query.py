@@ -1,6 +1,6 @@
 """Benchmark: the query service's queries on N events / 30 days, beside chDB in-process and DuckDB, in one run.
 
-    .venv/bin/python bench/query.py [--events 10000000] [--repeat 7]
+    .venv/bin/python bench/query.py [--events 10000000] [--repeat 7] [--partition hour|day]
 
 Generates ``--events`` synthetic events (~1 actor per 100 events, 30 days ending 2026-01-31, 12 event
 types, countries/platforms per actor) with one deterministic SQL generator run on both engines: into
@@ -172,9 +172,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=10_000_000)
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--partition", choices=["hour", "day"], default=None,
+                    help="analytics.events partitions (CLICKHOUSE_PARTITION; default: the settings' default)")
     args = ap.parse_args()
     n, repeat = args.events, args.repeat
-    plan = SchemaPlan("analytics", None, 36500)
+    plan = SchemaPlan("analytics", None, 36500, partition=args.partition or load_settings().clickhouse_partition)
+    print(f"analytics.events partitioned by {plan.partition}")
 
     with tempfile.TemporaryDirectory(prefix="bench-query-") as tmp_s:
         tmp = Path(tmp_s)
