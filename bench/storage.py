@@ -6,7 +6,7 @@
     enriched lake  enriched Parquet (enrichment.rules.to_parquet_bytes), one object per hour
     ClickHouse     analytics.events (the real DDL) in chDB after OPTIMIZE FINAL: bytes on disk of active parts
 
-    .venv/bin/python bench/storage.py --users 3000 --days 3 [--layout legacy] [--chunk-users 20000]
+    .venv/bin/python bench/storage.py --users 3000 --days 3 [--layout legacy] [--partition day] [--chunk-users 20000]
 
 Streaming, so memory stays bounded (a few GB at ~10 M events) whatever ``--users``:
 
@@ -63,6 +63,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=1500, help="total users (all chunks)")
     ap.add_argument("--days", type=int, default=3)
+    ap.add_argument("--partition", choices=["hour", "day"], default="hour",
+                    help="analytics.events partitions (CLICKHOUSE_PARTITION)")
     ap.add_argument("--layout", choices=["actor", "legacy"], default="actor",
                     help="analytics.events layout: actor (new tables) or legacy (tables created before it)")
     ap.add_argument("--chunk-users", type=int, default=20000, help="users generated (and held in memory) at once")
@@ -80,7 +82,8 @@ def main() -> None:
 
     chunk_users = max(1, args.chunk_users)
     chunks = [(start, min(chunk_users, args.users - start)) for start in range(0, args.users, chunk_users)]
-    print(f"{args.users:,} users, {args.days} days, layout {args.layout}, {len(chunks)} chunk(s) of <= {chunk_users:,} "
+    print(f"{args.users:,} users, {args.days} days, layout {args.layout}, {args.partition} partitions, "
+          f"{len(chunks)} chunk(s) of <= {chunk_users:,} "
           f"users; lake tiers: one object per event hour holding every chunk's rows of that hour", flush=True)
 
     t0 = time.perf_counter()
@@ -131,7 +134,7 @@ def main() -> None:
 
         conn = chdb.connect(str(Path(tmp) / "ch"))
         cur = conn.cursor()
-        plan = SchemaPlan("analytics", None, 36500, layout=args.layout)
+        plan = SchemaPlan("analytics", None, 36500, layout=args.layout, partition=args.partition)
         for stmt in [s for s in plan.statements() if "identity_map" not in s]:
             cur.execute(stmt)
         raw_lake = enriched_lake = duplicates = offset = 0
@@ -168,7 +171,7 @@ def main() -> None:
     cur_mb, peak_mb = _rss_mb()
     print(f"done in {time.perf_counter() - t0:.1f}s (generate+spool {t_gen:.1f}s); peak RSS {peak_mb:,.0f} MB")
     print(f"{n:,} events, {hours} hours, {args.users:,} users, {args.days} days, layout {args.layout}, "
-          f"{len(chunks)} chunk(s); lake tiers: one object per event hour (all chunks' rows)")
+          f"{args.partition} partitions, {len(chunks)} chunk(s); lake tiers: one object per event hour (all chunks' rows)")
     tiers = [("raw JSON (client payload)", raw_json), ("Kafka record (envelope)", kafka), ("raw lake (Parquet zstd)", raw_lake),
              ("enriched lake (Parquet)", enriched_lake), (f"ClickHouse ({parts} parts)", int(ch_bytes))]
     print(f"{'tier':32} {'bytes/event':>12} {'vs raw JSON':>12}")

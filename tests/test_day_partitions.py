@@ -43,8 +43,9 @@ def database(chserver: ChServer) -> Iterator[tuple[str, Any]]:
 
 
 def _settings(chserver: ChServer, name: str, partition: str) -> Any:
+    # TTL far past 2026-03-01: with the default 90 days, merges of the day's many parts would expire its rows
     return load_settings(clickhouse_url=chserver.clickhouse_url.rsplit("/", 1)[0] + f"/{name}",
-                         clickhouse_partition=partition)
+                         clickhouse_partition=partition, clickhouse_ttl_days=36500)
 
 
 def parquet(ids: list[str], h: datetime, **fields: Any) -> tuple[bytes, int]:
@@ -165,3 +166,10 @@ def test_day_partitions_are_single_server_only() -> None:
         load_settings(clickhouse_partition="day", clickhouse_cluster="c1")
     with pytest.raises(SettingsError, match="CLICKHOUSE_PARTITION"):
         load_settings(clickhouse_partition="week")
+
+
+def test_partition_default_is_hour() -> None:
+    assert load_settings(clickhouse_cluster=None).clickhouse_partition == "hour"
+    assert load_settings(clickhouse_cluster="c1").clickhouse_partition == "hour"
+    assert load_settings(clickhouse_partition="day").clickhouse_partition == "day"
+    assert load_settings(clickhouse_partition="").clickhouse_partition == "hour"  # compose's ${CLICKHOUSE_PARTITION:-}

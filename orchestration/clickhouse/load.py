@@ -47,8 +47,11 @@ from orchestration.clickhouse.schema import (
 )
 
 log = logging.getLogger(__name__)
-DAY_LOCK_TIMEOUT_S = 900.0  # how long a day load waits for another writer of the same day
-DAY_LOCK_STALE_S = 3600.0  # a lock older than this is a crashed writer's: taken over (a day rewrite takes seconds)
+DAY_LOCK_TIMEOUT_S = 600.0  # how long a day load waits for another writer of the same day
+APPEND_LOCK_TIMEOUT_S = 30.0  # a live append waits less (a sensor tick; the next tick retries)
+# A lock older than this is a crashed (killed) writer's and is taken over: a day rewrite at the volumes day
+# partitions are for takes seconds; a writer that fails or is interrupted drops its lock itself.
+DAY_LOCK_STALE_S = 300.0
 
 
 def partition_id(hour_start: datetime, partition: str = "hour") -> str:
@@ -115,7 +118,7 @@ def append_hour(client, plan: SchemaPlan, hour_start: datetime, parquet: bytes, 
         record_copies(client, plan, [insert_table], [hour_start])
         attach = f"ALTER TABLE {plan.data_table}{plan.on_cluster} ATTACH PARTITION ID '{pid}' FROM {local_table}"
         if plan.partition == "day":  # a day rewrite running meanwhile would drop the attached parts
-            with day_lock(client, plan, pid):
+            with day_lock(client, plan, pid, timeout_s=APPEND_LOCK_TIMEOUT_S):
                 client.command(attach)
         else:
             client.command(attach)

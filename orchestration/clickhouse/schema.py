@@ -237,7 +237,7 @@ def quote_str(value: str | None) -> str:
 
 def schema_plan(settings: Settings) -> SchemaPlan:
     return SchemaPlan(settings.clickhouse.database, settings.clickhouse_cluster, settings.clickhouse_ttl_days,
-                      partition=settings.clickhouse_partition)
+                      partition=settings.clickhouse_partition or "hour")
 
 
 def ensure_schema(client, settings: Settings) -> SchemaPlan:  # noqa: ANN001 - clickhouse_connect client
