@@ -68,7 +68,7 @@ def funnel_paths_sql(q: FunnelQuery, b: Binder) -> str:
     narrow = None  # only step events matter (not for sequential): dedup just the insert_ids of step types
     if q.mode != "sequential":
         where.append("m > 0")
-        narrow = f"has({b.bind(sorted({s.event_type for s in q.steps}), 'Array(String)')}, event_type)"
+        narrow = f"event_type IN {b.bind(sorted({s.event_type for s in q.steps}), 'Array(String)')}"
     if q.new_users:
         fs = first_seen_sql(b, q.scope)
         lo, hi = b.bind(start_ms, "Int64"), b.bind(end_ms, "Int64")
@@ -78,9 +78,18 @@ def funnel_paths_sql(q: FunnelQuery, b: Binder) -> str:
     window = b.bind(q.window_s * 1000, "Int64")
     zone = b.bind(tz, "String")
     steps_n = b.bind(n, "UInt8")
+    keep = f"length(p) > 0 AND e.4 = 1 AND e.1 >= {s0} AND e.1 < {s1}"
+    day = f"toString(toDate(fromUnixTimestamp64Milli(e.1, 'UTC'), {zone}))"
     return f"""
 WITH per_actor AS (
-    SELECT actor_id, evs, {funnel_paths_expr(q.mode, "evs.1", "evs.3", steps_n, window)} AS fp
+    SELECT actor_id, days, days[indexOf(days.2, arrayMax(days.2))] AS top
+    FROM (SELECT actor_id,
+        arrayMap((e, p) -> ({day}, length(p), e.1, p, e.5), arrayFilter((e, k) -> k, evs, kept),
+                 arrayFilter((p, k) -> k, fp, kept)) AS ents,
+        arrayMap(c -> c[indexOf(c.2, arrayMax(c.2))],
+                 arraySplit((x, prev) -> x.1 != prev, ents, arrayPopBack(arrayPushFront(ents.1, '')))) AS days
+    FROM (SELECT actor_id, evs, fp, arrayMap((e, p) -> {keep}, evs, fp) AS kept
+    FROM (SELECT actor_id, evs, {funnel_paths_expr(q.mode, "evs.1", "evs.3", steps_n, window)} AS fp
     FROM (SELECT actor_id, arraySort(x -> (x.1, x.2), groupArray((t, insert_id, m, sg, g))) AS evs
     FROM (
         SELECT actor_id, toUnixTimestamp64Milli(event_time) AS t, insert_id, toUInt32({mask}) AS m,
@@ -88,19 +97,14 @@ WITH per_actor AS (
         FROM {events_source(b, q.scope, start_ms, read_end, narrow=narrow)}
     )
     {'WHERE ' + ' AND '.join(where) if where else ''}
-    GROUP BY actor_id)
-),
-paths AS (
-    SELECT actor_id, i0, e.1 AS t0, e.5 AS g, times, length(times) AS level,
-           toString(toDate(fromUnixTimestamp64Milli(t0, 'UTC'), {zone})) AS day
-    FROM per_actor ARRAY JOIN evs AS e, arrayEnumerate(evs) AS i0, fp AS times
-    WHERE length(times) > 0 AND e.4 = 1 AND e.1 >= {s0} AND e.1 < {s1}
+    GROUP BY actor_id))))
+    WHERE notEmpty(days)
 ),
 day_best AS (
-    SELECT actor_id, day, argMax((level, t0, times, g), (level, -i0)) AS b FROM paths GROUP BY actor_id, day
+    SELECT actor_id, d.1 AS day, (d.2, d.3, d.4, d.5) AS b FROM per_actor ARRAY JOIN days AS d
 ),
 best AS (
-    SELECT actor_id, argMax(b, (b.1, -b.2)) AS b FROM day_best GROUP BY actor_id
+    SELECT actor_id, (top.2, top.3, top.4, top.5) AS b FROM per_actor
 )
 """
 
@@ -110,12 +114,10 @@ def compile_funnel(q: FunnelQuery) -> Compiled:
     paths = funnel_paths_sql(q, b).rstrip()
     steps_n = b.bind(len(q.steps), "UInt8")
     sql = f"""{paths},
-per_actor_best AS (
-    SELECT actor_id, groupArray((day, b)) AS days, argMax(b, (b.1, -b.2)) AS best FROM day_best GROUP BY actor_id
-),
 out_rows AS (  -- one pass for both outputs (a UNION ALL would evaluate the CTEs above twice)
-    SELECT r.1 AS kind, r.2 AS day, r.3 AS b FROM per_actor_best
-    ARRAY JOIN arrayPushBack(arrayMap(x -> ('day', x.1, x.2), days), ('all', '', best)) AS r
+    SELECT r.1 AS kind, r.2 AS day, r.3 AS b FROM per_actor
+    ARRAY JOIN arrayPushBack(arrayMap(x -> ('day', x.1, (x.2, x.3, x.4, x.5)), days),
+                             ('all', '', (top.2, top.3, top.4, top.5))) AS r
 )
 SELECT kind, day, b.4 AS g,
        sumForEach(arrayMap(k -> toUInt64(b.1 >= k), range(1, {steps_n} + 1))) AS counts,
