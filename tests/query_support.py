@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from enrichment.rules import ENRICHED_SCHEMA, to_parquet_bytes
 from orchestration.clickhouse.load import load_hour
-from orchestration.clickhouse.schema import SchemaPlan, ensure_plan, list_copies
+from orchestration.clickhouse.schema import SchemaPlan, ensure_plan, list_copies, list_ties
 
 HOUR_MS = 3_600_000
 TTL_DAYS = 36500  # fixed past dates in tests must survive the events TTL
@@ -75,5 +75,8 @@ def insert_append(client: Any, events: list[dict[str, Any]], project: str) -> No
     for i in range(0, len(hours), 48):
         chunk = set(hours[i:i + 48])
         client.insert_arrow("events", enriched_rows([e for e in events if e["time"] // HOUR_MS in chunk], project))
-    # appended rows bypass load_hour's listing of copies: list this project's (readers dedup only listed ids)
-    list_copies(client, SchemaPlan(client.database or "analytics", None, TTL_DAYS), project)
+    # appended rows bypass load_hour's listings: list this project's copies (readers dedup only listed ids)
+    # and ties (funnels read only listed actors' insert_ids)
+    plan = SchemaPlan(client.database or "analytics", None, TTL_DAYS)
+    list_copies(client, plan, project)
+    list_ties(client, plan, project)

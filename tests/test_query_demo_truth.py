@@ -29,7 +29,7 @@ from eventpipe_core.metadata import MetadataStore
 from eventpipe_core.metadata.secrets import create_key_with_secret
 from eventpipe_core.settings import load_settings
 from orchestration.clickhouse.load import load_hour
-from orchestration.clickhouse.schema import SchemaPlan, ensure_plan, list_copies
+from orchestration.clickhouse.schema import SchemaPlan, ensure_plan, list_copies, list_ties
 from query_service.app import create_app
 from tests.chserver_support import ChServer
 from tests.query_support import TTL_DAYS
@@ -63,7 +63,8 @@ def _pipeline(client: Any, sent: list[dict[str, Any]], max_per_minute: int) -> N
     load_hour(client, plan, first["event_hour"][0].as_py(), to_parquet_bytes(first), first.num_rows)
     for i in range(0, len(enriched), 48):
         client.insert_arrow("events", pa.concat_tables(enriched[i:i + 48]))
-    list_copies(client, plan, PROJECT)  # the direct inserts bypass load_hour's listing of copies
+    list_copies(client, plan, PROJECT)  # the direct inserts bypass load_hour's listings of copies and ties
+    list_ties(client, plan, PROJECT)
 
 
 @pytest.fixture(scope="module")

