@@ -25,10 +25,14 @@ before and after the swap, as for copies; :func:`backfill_ties` lists what a tab
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, replace
 
 from eventpipe_core.funnel_sql import UDF_BODIES
 from eventpipe_core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # Contract with dbt_project (column order and types).
 EVENT_COLUMNS: tuple[tuple[str, str], ...] = (
@@ -311,6 +315,12 @@ def ensure_plan(client, plan: SchemaPlan) -> SchemaPlan:  # noqa: ANN001 - click
     return plan
 
 
+# The full-table listings (list_copies, list_ties) group every row: on 10 M events each needs > 800 MB of
+# hashes in memory (chDB, measured 2026-12-03), ~100 GB at a billion. Spilling past 256 MB keeps them under
+# 800 MB at 10 M (7-9 s) and bounded at any size: the one-time backfill of an upgrade must not OOM the server.
+LISTING_SETTINGS: dict[str, int] = {"max_bytes_before_external_group_by": 256 << 20}
+
+
 def backfill_copies(client, plan: SchemaPlan) -> bool:  # noqa: ANN001 - clickhouse_connect client
     """List the copies ``events`` already holds, once: a deployment predating ``event_copies`` has an empty list.
 
@@ -334,11 +344,11 @@ def list_copies(client, plan: SchemaPlan, project: str | None = None) -> None:  
     ``count() > 1`` rather than "in more than one hour": it also lists copies within an hour written by a path
     other than ``load_hour`` (a listed id with one row is only deduplicated for nothing)."""
     where = "" if project is None else "WHERE project = {p:String} "
+    settings = {**LISTING_SETTINGS, **({"insert_distributed_sync": 1} if plan.cluster else {})}
     client.command(f"INSERT INTO {plan.copies_table} (project, actor_id, insert_id) SELECT project,"
                    f" arrayJoin(groupUniqArray(actor_id)), insert_id FROM {plan.events_table} {where}"
                    "GROUP BY project, insert_id HAVING count() > 1",
-                   parameters={"p": project} if project is not None else None,
-                   settings={"insert_distributed_sync": 1} if plan.cluster else None)
+                   parameters={"p": project} if project is not None else None, settings=settings)
 
 
 def backfill_ties(client, plan: SchemaPlan) -> bool:  # noqa: ANN001 - clickhouse_connect client
@@ -346,7 +356,10 @@ def backfill_ties(client, plan: SchemaPlan) -> bool:  # noqa: ANN001 - clickhous
     row ``('', '')`` is there, written after the listing (a crash half-way lists again). Returns whether it ran."""
     if int(client.command(f"SELECT count() FROM {plan.ties_table} WHERE project = '' AND actor_id = ''")):
         return False
+    t0 = time.monotonic()
+    log.info("listing same-millisecond ties of the events already in %s (once, a full scan)", plan.events_table)
     list_ties(client, plan)
+    log.info("ties listed in %.1f s", time.monotonic() - t0)
     sync = {"insert_distributed_sync": 1} if plan.cluster else None
     client.command(f"INSERT INTO {plan.ties_table} (project, actor_id) VALUES ('', '')", settings=sync)
     return True
@@ -354,10 +367,12 @@ def backfill_ties(client, plan: SchemaPlan) -> bool:  # noqa: ANN001 - clickhous
 
 def list_ties(client, plan: SchemaPlan, project: str | None = None) -> None:  # noqa: ANN001
     """List every actor with two rows of one ``event_time`` and distinct insert_ids in ``events`` (of
-    ``project``, or all): a full scan, for the one-time backfill and for writers that bypass the loads."""
+    ``project``, or all): a full scan, for the one-time backfill and for writers that bypass the loads.
+
+    The GROUP BY spills to disk (:data:`LISTING_SETTINGS`)."""
     where = "" if project is None else "WHERE project = {p:String} "
+    settings = {**LISTING_SETTINGS, **({"insert_distributed_sync": 1} if plan.cluster else {})}
     client.command(f"INSERT INTO {plan.ties_table} (project, actor_id) SELECT DISTINCT project, actor_id FROM"
                    f" (SELECT project, actor_id FROM {plan.events_table} {where}"
                    "GROUP BY project, actor_id, event_time HAVING uniqExact(insert_id) > 1)",
-                   parameters={"p": project} if project is not None else None,
-                   settings={"insert_distributed_sync": 1} if plan.cluster else None)
+                   parameters={"p": project} if project is not None else None, settings=settings)
