@@ -90,8 +90,7 @@ def load_hours(client, plan: SchemaPlan, hours: Iterable[tuple[datetime, bytes, 
             staged.append((hour_start, rows, insert_table, local_table))
         full = [(s[2], s[0]) for s in staged if s[1]]
         if full:
-            record_copies(client, plan, [t for t, _ in full], [h for _, h in full])  # before the swaps
-            record_ties(client, plan, [t for t, _ in full], [h for _, h in full])
+            record_listings(client, plan, [t for t, _ in full], [h for _, h in full])  # before the swaps
         if plan.partition == "day":
             _swap_days(client, plan, [(h, rows, local) for h, rows, _, local in staged])
         for hour_start, rows, _, local_table in staged if plan.partition == "hour" else ():
@@ -101,8 +100,7 @@ def load_hours(client, plan: SchemaPlan, hours: Iterable[tuple[datetime, bytes, 
             else:
                 client.command(f"ALTER TABLE {plan.data_table}{plan.on_cluster} DROP PARTITION ID '{pid}'")
         if full:
-            record_copies(client, plan, [t for t, _ in full], [h for _, h in full])  # a concurrent load of other hours
-            record_ties(client, plan, [t for t, _ in full], [h for _, h in full])
+            record_listings(client, plan, [t for t, _ in full], [h for _, h in full])  # a concurrent load of other hours
     finally:
         drop_staging(client, plan, *(t for s in staged for t in s[2:]))
     return [hour_row_count(client, plan, s[0]) for s in staged]
@@ -121,16 +119,14 @@ def append_hour(client, plan: SchemaPlan, hour_start: datetime, parquet: bytes, 
     pid = partition_id(hour_start, plan.partition)
     insert_table, local_table = _stage_hour(client, plan, hour_start, parquet, rows)
     try:
-        record_copies(client, plan, [insert_table], [hour_start])
-        record_ties(client, plan, [insert_table], [hour_start])
+        record_listings(client, plan, [insert_table], [hour_start])
         attach = f"ALTER TABLE {plan.data_table}{plan.on_cluster} ATTACH PARTITION ID '{pid}' FROM {local_table}"
         if plan.partition == "day":  # a day rewrite running meanwhile would drop the attached parts
             with day_lock(client, plan, pid, timeout_s=APPEND_LOCK_TIMEOUT_S):
                 client.command(attach)
         else:
             client.command(attach)
-        record_copies(client, plan, [insert_table], [hour_start])
-        record_ties(client, plan, [insert_table], [hour_start])
+        record_listings(client, plan, [insert_table], [hour_start])
     finally:
         drop_staging(client, plan, insert_table, local_table)
     return rows
@@ -228,6 +224,17 @@ def day_lock(client, plan: SchemaPlan, day: str, *, timeout_s: float | None = No
 def swap_hour(client, plan: SchemaPlan, pid: str, local_table: str) -> None:  # noqa: ANN001
     """The atomic step of a load: the staged rows become the hour (readers see the old hour or the new)."""
     client.command(f"ALTER TABLE {plan.data_table}{plan.on_cluster} REPLACE PARTITION ID '{pid}' FROM {local_table}")
+
+
+def record_listings(client, plan: SchemaPlan, staged: Sequence[str],  # noqa: ANN001
+                    hours: Sequence[datetime]) -> None:
+    """List the copies and the ties of the staging tables ``staged`` (rows meant for ``hours``).
+
+    Every writer calls it twice: before its rows become visible (a reader never sees an unlisted copy or
+    tie) and after (a concurrent load of other hours may have landed between the first listing and the
+    swap)."""
+    record_copies(client, plan, staged, hours)
+    record_ties(client, plan, staged, hours)
 
 
 def record_copies(client, plan: SchemaPlan, staged: Sequence[str],  # noqa: ANN001

@@ -321,20 +321,39 @@ def ensure_plan(client, plan: SchemaPlan) -> SchemaPlan:  # noqa: ANN001 - click
 LISTING_SETTINGS: dict[str, int] = {"max_bytes_before_external_group_by": 256 << 20}
 
 
+def _backfill_once(client, plan: SchemaPlan, table: str, sentinel: dict[str, str], listing) -> bool:  # noqa: ANN001
+    """Run ``listing(client, plan)`` unless ``table`` holds the ``sentinel`` row, then insert it.
+
+    The sentinel (every key column '', no project is named '') is written after the listing, so a crash
+    half-way lists again at the next ensure (the listings' inserts are idempotent). Returns whether it ran."""
+    where = " AND ".join(f"{column} = ''" for column in sentinel)
+    if int(client.command(f"SELECT count() FROM {table} WHERE {where}")):
+        return False
+    t0 = time.monotonic()
+    log.info("listing %s of the events already in %s (once, a full scan)", table, plan.events_table)
+    listing(client, plan)
+    log.info("%s listed in %.1f s", table, time.monotonic() - t0)
+    sync = {"insert_distributed_sync": 1} if plan.cluster else None
+    columns = ", ".join(sentinel)
+    values = ", ".join(f"'{v}'" for v in sentinel.values())
+    client.command(f"INSERT INTO {table} ({columns}) VALUES ({values})", settings=sync)
+    return True
+
+
+def _list_full(client, plan: SchemaPlan, insert_sql: str, project: str | None) -> None:  # noqa: ANN001
+    """Run a full-table listing ``insert_sql`` (its ``{where}`` narrowed to ``project`` when given) with the
+    spilling :data:`LISTING_SETTINGS` and, on a cluster, synchronous distributed inserts."""
+    where = "" if project is None else "WHERE project = {p:String} "
+    settings = {**LISTING_SETTINGS, **({"insert_distributed_sync": 1} if plan.cluster else {})}
+    client.command(insert_sql.format(where=where), parameters={"p": project} if project is not None else None,
+                   settings=settings)
+
+
 def backfill_copies(client, plan: SchemaPlan) -> bool:  # noqa: ANN001 - clickhouse_connect client
     """List the copies ``events`` already holds, once: a deployment predating ``event_copies`` has an empty list.
-
-    Done when the sentinel row ``('', '', '')`` is there (no project is named ''); it is written after the
-    listing, so a crash half-way lists again at the next ensure (inserts are idempotent). Returns whether
-    the listing ran.
-    """
-    done = client.command(f"SELECT count() FROM {plan.copies_table} WHERE project = '' AND insert_id = ''")
-    if int(done):
-        return False
-    list_copies(client, plan)
-    sync = {"insert_distributed_sync": 1} if plan.cluster else None
-    client.command(f"INSERT INTO {plan.copies_table} (project, actor_id, insert_id) VALUES ('', '', '')", settings=sync)
-    return True
+    Done when the sentinel row ``('', '', '')`` is there. Returns whether the listing ran."""
+    return _backfill_once(client, plan, plan.copies_table, {"project": "", "actor_id": "", "insert_id": ""},
+                          list_copies)
 
 
 def list_copies(client, plan: SchemaPlan, project: str | None = None) -> None:  # noqa: ANN001
@@ -343,36 +362,20 @@ def list_copies(client, plan: SchemaPlan, project: str | None = None) -> None:  
 
     ``count() > 1`` rather than "in more than one hour": it also lists copies within an hour written by a path
     other than ``load_hour`` (a listed id with one row is only deduplicated for nothing)."""
-    where = "" if project is None else "WHERE project = {p:String} "
-    settings = {**LISTING_SETTINGS, **({"insert_distributed_sync": 1} if plan.cluster else {})}
-    client.command(f"INSERT INTO {plan.copies_table} (project, actor_id, insert_id) SELECT project,"
-                   f" arrayJoin(groupUniqArray(actor_id)), insert_id FROM {plan.events_table} {where}"
-                   "GROUP BY project, insert_id HAVING count() > 1",
-                   parameters={"p": project} if project is not None else None, settings=settings)
+    _list_full(client, plan, f"INSERT INTO {plan.copies_table} (project, actor_id, insert_id) SELECT project,"
+               f" arrayJoin(groupUniqArray(actor_id)), insert_id FROM {plan.events_table} {{where}}"
+               "GROUP BY project, insert_id HAVING count() > 1", project)
 
 
 def backfill_ties(client, plan: SchemaPlan) -> bool:  # noqa: ANN001 - clickhouse_connect client
     """List the ties ``events`` already holds, once (a table predating ``event_ties``); done when the sentinel
-    row ``('', '')`` is there, written after the listing (a crash half-way lists again). Returns whether it ran."""
-    if int(client.command(f"SELECT count() FROM {plan.ties_table} WHERE project = '' AND actor_id = ''")):
-        return False
-    t0 = time.monotonic()
-    log.info("listing same-millisecond ties of the events already in %s (once, a full scan)", plan.events_table)
-    list_ties(client, plan)
-    log.info("ties listed in %.1f s", time.monotonic() - t0)
-    sync = {"insert_distributed_sync": 1} if plan.cluster else None
-    client.command(f"INSERT INTO {plan.ties_table} (project, actor_id) VALUES ('', '')", settings=sync)
-    return True
+    row ``('', '')`` is there. Returns whether it ran."""
+    return _backfill_once(client, plan, plan.ties_table, {"project": "", "actor_id": ""}, list_ties)
 
 
 def list_ties(client, plan: SchemaPlan, project: str | None = None) -> None:  # noqa: ANN001
     """List every actor with two rows of one ``event_time`` and distinct insert_ids in ``events`` (of
-    ``project``, or all): a full scan, for the one-time backfill and for writers that bypass the loads.
-
-    The GROUP BY spills to disk (:data:`LISTING_SETTINGS`)."""
-    where = "" if project is None else "WHERE project = {p:String} "
-    settings = {**LISTING_SETTINGS, **({"insert_distributed_sync": 1} if plan.cluster else {})}
-    client.command(f"INSERT INTO {plan.ties_table} (project, actor_id) SELECT DISTINCT project, actor_id FROM"
-                   f" (SELECT project, actor_id FROM {plan.events_table} {where}"
-                   "GROUP BY project, actor_id, event_time HAVING uniqExact(insert_id) > 1)",
-                   parameters={"p": project} if project is not None else None, settings=settings)
+    ``project``, or all): a full scan, for the one-time backfill and for writers that bypass the loads."""
+    _list_full(client, plan, f"INSERT INTO {plan.ties_table} (project, actor_id) SELECT DISTINCT project, actor_id"
+               f" FROM (SELECT project, actor_id FROM {plan.events_table} {{where}}"
+               "GROUP BY project, actor_id, event_time HAVING uniqExact(insert_id) > 1)", project)

@@ -253,15 +253,16 @@ def events_source(b: Binder, scope: Scope, start_ms: int | None, end_ms: int | N
         copies = f"{w} AND actor_id GLOBAL IN {listed}"
         if narrow is not None:
             copies += f" AND insert_id IN (SELECT insert_id FROM {EVENTS_TABLE} WHERE {copies} AND ({narrow}))"
-        inner = (f"{hot_sql.format(where=single)} UNION ALL SELECT * FROM ({hot_sql.format(where=copies)}"
-                 " ORDER BY received_at, event_time LIMIT 1 BY insert_id)")
         if tie_ids_only and "insert_id" in cols:
             tied = f"(SELECT actor_id FROM {TIES_TABLE} WHERE project = {project})"
             no_ids = ", ".join("'' AS insert_id" if c == "insert_id" else c for c in cols)
-            inner = (f"SELECT {no_ids} FROM {EVENTS_TABLE} WHERE {single} AND NOT actor_id GLOBAL IN {tied}"
-                     f" UNION ALL {hot_sql.format(where=f'{single} AND actor_id GLOBAL IN {tied}')}"
-                     f" UNION ALL SELECT * FROM ({hot_sql.format(where=copies)}"
-                     " ORDER BY received_at, event_time LIMIT 1 BY insert_id)")
+            singles = [f"SELECT {no_ids} FROM {EVENTS_TABLE} WHERE {single} AND NOT actor_id GLOBAL IN {tied}",
+                       hot_sql.format(where=f"{single} AND actor_id GLOBAL IN {tied}")]
+        else:
+            singles = [hot_sql.format(where=single)]
+        deduplicated = (f"SELECT * FROM ({hot_sql.format(where=copies)}"
+                        " ORDER BY received_at, event_time LIMIT 1 BY insert_id)")
+        inner = " UNION ALL ".join([*singles, deduplicated])
     if scope.include_bots:
         return f"({inner})"
     return f"(SELECT * FROM ({inner}) WHERE is_bot = 0)"
