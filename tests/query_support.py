@@ -22,6 +22,7 @@ from orchestration.clickhouse.schema import SchemaPlan, ensure_plan, list_copies
 
 HOUR_MS = 3_600_000
 TTL_DAYS = 36500  # fixed past dates in tests must survive the events TTL
+HOURS_PER_LOAD = 48  # hours per range load or append: two days, under ClickHouse's 100 partitions per insert
 
 
 def enriched_rows(events: list[dict[str, Any]], project: str) -> pa.Table:
@@ -51,9 +52,10 @@ def enriched_rows(events: list[dict[str, Any]], project: str) -> pa.Table:
 
 
 def load_events(client: Any, events: list[dict[str, Any]], project: str, database: str = "analytics") -> None:
-    """Load events of one project: its own hours in one ``load_hours`` (the pipeline's range load: two listing
-    scans of ``events`` for all of them, not four per hour — the session's shared table grows), hours already
-    holding rows of *another* project appended (a load would replace those rows), so tests may share hours."""
+    """Load events of one project: its own hours through ``load_hours``, :data:`HOURS_PER_LOAD` at a time (the
+    pipeline's range load: two listing scans of ``events`` per batch, not four per hour — the session's shared
+    table grows), hours already holding rows of *another* project appended (a load would replace those rows),
+    so tests may share hours."""
     plan = ensure_plan(client, SchemaPlan(database, None, TTL_DAYS))
     by_hour: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for e in events:
@@ -70,17 +72,17 @@ def load_events(client: Any, events: list[dict[str, Any]], project: str, databas
             yield datetime.fromtimestamp(hour * 3600, UTC), to_parquet_bytes(table), table.num_rows
 
     own = sorted(h for h in by_hour if h * 3600 not in shared)
-    for i in range(0, len(own), 48):  # a day or two per range load, as the pipeline's runs
-        load_hours(client, plan, staged(own[i:i + 48]))
+    for i in range(0, len(own), HOURS_PER_LOAD):
+        load_hours(client, plan, staged(own[i:i + HOURS_PER_LOAD]))
 
 
 def insert_append(client: Any, events: list[dict[str, Any]], project: str) -> None:
     """Append rows to hours shared with other projects (tests isolate by project, not by hour).
 
-    At most 48 hours per insert: ClickHouse refuses blocks spanning more than 100 partitions."""
+    At most :data:`HOURS_PER_LOAD` hours per insert: ClickHouse refuses blocks spanning more than 100 partitions."""
     hours = sorted({e["time"] // HOUR_MS for e in events})
-    for i in range(0, len(hours), 48):
-        chunk = set(hours[i:i + 48])
+    for i in range(0, len(hours), HOURS_PER_LOAD):
+        chunk = set(hours[i:i + HOURS_PER_LOAD])
         client.insert_arrow("events", enriched_rows([e for e in events if e["time"] // HOUR_MS in chunk], project))
     # appended rows bypass load_hour's listings: list this project's copies (readers dedup only listed ids)
     # and ties (funnels read only listed actors' insert_ids)

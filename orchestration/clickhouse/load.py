@@ -88,9 +88,10 @@ def load_hours(client, plan: SchemaPlan, hours: Iterable[tuple[datetime, bytes, 
         for hour_start, parquet, rows in hours:
             insert_table, local_table = _stage_hour(client, plan, hour_start, parquet, rows)
             staged.append((hour_start, rows, insert_table, local_table))
-        full = [(s[2], s[0]) for s in staged if s[1]]
-        if full:
-            record_listings(client, plan, [t for t, _ in full], [h for _, h in full])  # before the swaps
+        full_tables = [s[2] for s in staged if s[1]]
+        full_hours = [s[0] for s in staged if s[1]]
+        if full_tables:
+            record_listings(client, plan, full_tables, full_hours)  # before the swaps
         if plan.partition == "day":
             _swap_days(client, plan, [(h, rows, local) for h, rows, _, local in staged])
         for hour_start, rows, _, local_table in staged if plan.partition == "hour" else ():
@@ -99,8 +100,8 @@ def load_hours(client, plan: SchemaPlan, hours: Iterable[tuple[datetime, bytes, 
                 swap_hour(client, plan, pid, local_table)
             else:
                 client.command(f"ALTER TABLE {plan.data_table}{plan.on_cluster} DROP PARTITION ID '{pid}'")
-        if full:
-            record_listings(client, plan, [t for t, _ in full], [h for _, h in full])  # a concurrent load of other hours
+        if full_tables:
+            record_listings(client, plan, full_tables, full_hours)  # a concurrent load of other hours
     finally:
         drop_staging(client, plan, *(t for s in staged for t in s[2:]))
     return [hour_row_count(client, plan, s[0]) for s in staged]

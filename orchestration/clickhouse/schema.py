@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from eventpipe_core.funnel_sql import UDF_BODIES
 from eventpipe_core.settings import Settings
@@ -321,12 +323,14 @@ def ensure_plan(client, plan: SchemaPlan) -> SchemaPlan:  # noqa: ANN001 - click
 LISTING_SETTINGS: dict[str, int] = {"max_bytes_before_external_group_by": 256 << 20}
 
 
-def _backfill_once(client, plan: SchemaPlan, table: str, sentinel: dict[str, str], listing) -> bool:  # noqa: ANN001
-    """Run ``listing(client, plan)`` unless ``table`` holds the ``sentinel`` row, then insert it.
+def _backfill_once(client, plan: SchemaPlan, table: str, columns: tuple[str, ...],  # noqa: ANN001
+                   listing: Callable[[Any, SchemaPlan], None]) -> bool:
+    """Run ``listing(client, plan)`` unless ``table`` holds its sentinel row, then insert it.
 
-    The sentinel (every key column '', no project is named '') is written after the listing, so a crash
-    half-way lists again at the next ensure (the listings' inserts are idempotent). Returns whether it ran."""
-    where = " AND ".join(f"{column} = ''" for column in sentinel)
+    The sentinel is '' in every one of ``columns`` (no project is named ''); it is written after the listing,
+    so a crash half-way lists again at the next ensure (the listings' inserts are idempotent). Returns whether
+    it ran."""
+    where = " AND ".join(f"{column} = ''" for column in columns)
     if int(client.command(f"SELECT count() FROM {table} WHERE {where}")):
         return False
     t0 = time.monotonic()
@@ -334,9 +338,8 @@ def _backfill_once(client, plan: SchemaPlan, table: str, sentinel: dict[str, str
     listing(client, plan)
     log.info("%s listed in %.1f s", table, time.monotonic() - t0)
     sync = {"insert_distributed_sync": 1} if plan.cluster else None
-    columns = ", ".join(sentinel)
-    values = ", ".join(f"'{v}'" for v in sentinel.values())
-    client.command(f"INSERT INTO {table} ({columns}) VALUES ({values})", settings=sync)
+    values = ", ".join("''" for _ in columns)
+    client.command(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values})", settings=sync)
     return True
 
 
@@ -352,7 +355,7 @@ def _list_full(client, plan: SchemaPlan, insert_sql: str, project: str | None) -
 def backfill_copies(client, plan: SchemaPlan) -> bool:  # noqa: ANN001 - clickhouse_connect client
     """List the copies ``events`` already holds, once: a deployment predating ``event_copies`` has an empty list.
     Done when the sentinel row ``('', '', '')`` is there. Returns whether the listing ran."""
-    return _backfill_once(client, plan, plan.copies_table, {"project": "", "actor_id": "", "insert_id": ""},
+    return _backfill_once(client, plan, plan.copies_table, ("project", "actor_id", "insert_id"),
                           list_copies)
 
 
@@ -370,7 +373,7 @@ def list_copies(client, plan: SchemaPlan, project: str | None = None) -> None:  
 def backfill_ties(client, plan: SchemaPlan) -> bool:  # noqa: ANN001 - clickhouse_connect client
     """List the ties ``events`` already holds, once (a table predating ``event_ties``); done when the sentinel
     row ``('', '')`` is there. Returns whether it ran."""
-    return _backfill_once(client, plan, plan.ties_table, {"project": "", "actor_id": ""}, list_ties)
+    return _backfill_once(client, plan, plan.ties_table, ("project", "actor_id"), list_ties)
 
 
 def list_ties(client, plan: SchemaPlan, project: str | None = None) -> None:  # noqa: ANN001
