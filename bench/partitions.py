@@ -1,5 +1,5 @@
-"""Benchmark: analytics.events partitioned by hour (default), by day (``CLICKHOUSE_PARTITION=day``) and by month
-(not offered: no load could replace an hour in it cheaply), the same rows in each, side by side in one chDB.
+"""Benchmark: analytics.events partitioned by hour (``CLICKHOUSE_PARTITION=hour``), by day (the single-server
+default) and by month (not offered: no load could replace an hour in it cheaply), the same rows in each, side by side in one chDB.
 
     .venv/bin/python bench/partitions.py [--events 10000000] [--repeat 5]
 

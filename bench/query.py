@@ -116,14 +116,17 @@ DUCK_WHERE = ("project = 'bench' AND is_bot = 0 AND event_time >= TIMESTAMPTZ '2
 
 
 def duck_queries(src: str) -> dict[str, str]:
-    """The same logic in DuckDB SQL (dedup by insert_id: the generator makes none, so it is skipped)."""
+    """The same logic in DuckDB SQL (dedup by insert_id: the generator makes none, so it is skipped).
+
+    Segmentation and DAU also count the whole range's uniques per group (the API's ``seriesCollapsed``)."""
     w = 7 * 86_400_000
     return {
         "segmentation country x platform": f"""
             SELECT CAST(event_time AS DATE) AS d, country, platform, count(DISTINCT actor_id) AS u FROM {src}
-            WHERE {DUCK_WHERE} AND event_type = 'view_item' GROUP BY ALL""",
+            WHERE {DUCK_WHERE} AND event_type = 'view_item'
+            GROUP BY GROUPING SETS ((d, country, platform), (country, platform))""",
         "DAU per day": f"""SELECT CAST(event_time AS DATE) AS d, count(DISTINCT actor_id) FROM {src}
-            WHERE {DUCK_WHERE} GROUP BY ALL""",
+            WHERE {DUCK_WHERE} GROUP BY GROUPING SETS ((d), ())""",
         "3-step funnel (ordered, 7 d)": f"""
             WITH e AS (
                 SELECT actor_id, epoch_ms(event_time) AS t, event_type,

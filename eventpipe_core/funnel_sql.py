@@ -110,6 +110,17 @@ def _grouped(rows_fn: str, sort: str) -> str:
     return f"(gt, gm, gh, gn, gw) -> eventpipe_funnel_unlayout(eventpipe_funnel_cut({rows}, {lay_m}, gw, {sort}), {lay_p})"
 
 
+def _ungrouped_call(mode: str, times: str, masks: str, n: int | str, window_ms: int | str) -> str:
+    """``ordered``/``unordered`` without a hold-constant key: every event is in one group, so no layout (its
+    sorts are ~10 % of a funnel's time on 10 M events), just the sentinel after the last event, dropped from
+    the result. Composed of the helper functions in SQL (no function of its own: a server set up by an
+    earlier version has every helper it calls)."""
+    t, m = f"arrayPushBack({times}, {INF})", f"arrayPushBack({masks}, {ALL_BITS})"
+    p = f"arrayPushBack(arrayEnumerate({times}), 0)"
+    rows = f"eventpipe_funnel_transpose(eventpipe_funnel_{mode}_rows({t}, {m}, {p}, {n}))"
+    return f"arrayPopBack(eventpipe_funnel_cut({rows}, {m}, {window_ms}, {1 if mode == 'unordered' else 0}))"
+
+
 _PUBLIC: dict[str, str] = {
     "eventpipe_funnel_ordered": _grouped("eventpipe_funnel_ordered_rows", "0"),
     "eventpipe_funnel_unordered": _grouped("eventpipe_funnel_unordered_rows", "1"),
@@ -135,6 +146,8 @@ def funnel_paths_expr(mode: str, times: str, masks: str, n: int | str, window_ms
     mode = {"this": "ordered", "any": "unordered", "exact": "sequential"}.get(mode, mode)
     if mode not in MODES:
         raise ValueError(f"funnel mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if holds is None and mode != "sequential":
+        return _ungrouped_call(mode, times, masks, n, window_ms)
     h = holds if holds is not None else f"arrayMap(x -> toUInt8(0), {times})"
     return f"eventpipe_funnel_{mode}({times}, {masks}, {h}, {n}, {window_ms})"
 
@@ -158,5 +171,5 @@ def funnel_level_expr(mode: str, time_ms: str, insert_id: str, steps: list[str] 
     evs = f"arraySort(x -> (x.1, x.2), groupArray((toInt64({time_ms}), {insert_id}, toUInt64({mask}), {key})))"
     # evs is spelled three times: ClickHouse computes an identical subexpression once.
     paths = funnel_paths_expr(mode, f"tupleElement({evs}, 1)", f"tupleElement({evs}, 3)", len(steps), window_ms,
-                              f"tupleElement({evs}, 4)")
+                              f"tupleElement({evs}, 4)" if hold is not None else None)
     return f"arrayMax(arrayPushBack(arrayMap(p -> toUInt8(length(p)), {paths}), toUInt8(0)))"

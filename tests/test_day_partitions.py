@@ -168,8 +168,9 @@ def test_day_partitions_are_single_server_only() -> None:
         load_settings(clickhouse_partition="week")
 
 
-def test_partition_default_is_hour() -> None:
-    assert load_settings(clickhouse_cluster=None).clickhouse_partition == "hour"
+def test_partition_default_is_day_on_one_server_and_hour_on_a_cluster() -> None:
+    assert load_settings(clickhouse_cluster=None).clickhouse_partition == "day"
     assert load_settings(clickhouse_cluster="c1").clickhouse_partition == "hour"
-    assert load_settings(clickhouse_partition="day").clickhouse_partition == "day"
-    assert load_settings(clickhouse_partition="").clickhouse_partition == "hour"  # compose's ${CLICKHOUSE_PARTITION:-}
+    assert load_settings(clickhouse_partition="hour").clickhouse_partition == "hour"
+    assert load_settings(clickhouse_partition="").clickhouse_partition == "day"  # compose's ${CLICKHOUSE_PARTITION:-}
+    assert load_settings(clickhouse_partition="", clickhouse_cluster="c1").clickhouse_partition == "hour"

@@ -70,11 +70,19 @@ def test_functions_match_reference(reader: Any, a: tuple[list[int], list[int], l
     row = reader.query(f"SELECT {', '.join(exprs)}", parameters={"t": t, "m": m, "h": h, "n": n, "w": w}).result_rows[0]
     for mode, got in zip(("ordered", "unordered", "sequential"), row, strict=True):
         assert [list(p) for p in got] == reference(t, m, h, n, w, mode), mode
+    # without a hold-constant key (ordered/unordered skip the layout by key): every event has one key
+    free = [funnel_paths_expr(mode, "{t:Array(Int64)}", "{m:Array(UInt64)}", "{n:UInt8}", "{w:Int64}")
+            for mode in ("ordered", "unordered", "sequential")]
+    row = reader.query(f"SELECT {', '.join(free)}", parameters={"t": t, "m": m, "n": n, "w": w}).result_rows[0]
+    for mode, got in zip(("ordered", "unordered", "sequential"), row, strict=True):
+        assert [list(p) for p in got] == reference(t, m, [0] * len(t), n, w, mode), f"{mode} without a hold"
 
 
 def test_marts_names_and_bad_mode() -> None:
     assert funnel_paths_expr("this", "t", "m", 3, 10) == funnel_paths_expr("ordered", "t", "m", 3, 10)
     assert "eventpipe_funnel_sequential(" in funnel_paths_expr("exact", "t", "m", 2, 5, "h")
+    assert "eventpipe_funnel_ordered_rows(" in funnel_paths_expr("this", "t", "m", 2, 5)  # no hold: no layout
+    assert "eventpipe_funnel_ordered(" in funnel_paths_expr("this", "t", "m", 2, 5, "h")
     with pytest.raises(ValueError, match="funnel mode"):
         funnel_paths_expr("sideways", "t", "m", 2, 5)
 

@@ -51,7 +51,8 @@ def test_events_table_matches_the_contract_and_ttl_follows_settings(chserver: Ch
     assert ", ".join(f"{r[0]} {r[1]}" for r in described) == CONTRACT
     assert tuple(n for n, _ in EVENT_COLUMNS) == ENRICHED_COLUMNS
     ddl = client.command(f"SELECT engine_full FROM system.tables WHERE database = '{name}' AND name = 'events'")
-    assert "ReplacingMergeTree(ingested_at)" in ddl and "PARTITION BY event_hour" in ddl and "toIntervalDay(90)" in ddl
+    assert "ReplacingMergeTree(ingested_at)" in ddl and "toIntervalDay(90)" in ddl
+    assert "PARTITION BY toYYYYMMDD(event_hour)" in ddl  # day partitions: the single-server default
     ensure_schema(client, load_settings(clickhouse_url=url, clickhouse_ttl_days=30))
     ddl = client.command(f"SELECT engine_full FROM system.tables WHERE database = '{name}' AND name = 'events'")
     assert "toIntervalDay(30)" in ddl

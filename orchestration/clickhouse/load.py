@@ -9,11 +9,11 @@ speed of the server reading the same file itself (``INSERT … SELECT FROM file(
 ``insert_arrow`` (``FORMAT Arrow``) reached 0.74 of it and clickhouse-connect's ``FORMAT Native`` 0.68
 — so Parquet stays the load format.
 
-Day partitions (``CLICKHOUSE_PARTITION=day``, single server): the unit of replacement stays the hour, but
+Day partitions (``CLICKHOUSE_PARTITION=day``, the single-server default): the unit of replacement stays the hour, but
 the swap is of the hour's day — the day's other hours copied from the table plus the staged hours, in one
 ``REPLACE PARTITION`` — under the day's lock, which live appends take too (:func:`day_lock`), so writers of
-different hours of one day never drop each other's rows. Each load rewrites its day: fine up to a few
-million events a day, not at the rates hourly partitions take.
+different hours of one day never drop each other's rows. Each load rewrites its day: fine up to tens of
+millions of events a day, not at the rates hourly partitions take (``CLICKHOUSE_PARTITION=hour``).
 
 Copies (``event_copies``, the rule readers rely on to skip deduplicating everything else): an insert_id
 with rows in more than one hour must be listed in ``event_copies``, with the actor of each of its rows,

@@ -1,8 +1,8 @@
 """DDL of ``analytics.events``, ``identity_map``, ``event_copies`` and ``event_ties`` — the one place it is written.
 
-Single server (default): ``events`` is a ReplacingMergeTree partitioned by ``event_hour`` — or, with
-``CLICKHOUSE_PARTITION=day`` at creation, by ``toYYYYMMDD(event_hour)`` (loads still replace hours:
-``orchestration.clickhouse.load``).
+Single server (default): ``events`` is a ReplacingMergeTree partitioned by ``toYYYYMMDD(event_hour)`` (day,
+the default: loads still replace hours, ``orchestration.clickhouse.load``) — or, with
+``CLICKHOUSE_PARTITION=hour`` at creation, by ``event_hour``.
 With ``CLICKHOUSE_CLUSTER`` set (the scale-out path): every statement runs ``ON CLUSTER``, data
 lives in ``events_local`` (ReplicatedReplacingMergeTree on each shard) and ``events`` is a
 Distributed table over it, sharded by ``actor_id`` so one actor's events stay on one shard
@@ -107,9 +107,10 @@ DEFAULT_CODEC = "ZSTD(9)"  # 62 -> 57 B/event vs ZSTD(3) on the demo at ~3k even
 LEGACY_ORDER_BY = "(project, event_type, event_time, insert_id)"
 STAGING_PREFIX = "events__stage_"
 LOCK_PREFIX = "events__lock_"
-# Partitioning (CLICKHOUSE_PARTITION, fixed when the table is created). "hour": a load swaps one partition.
-# "day": ~30 partitions a month instead of ~720 — measured with bench/partitions.py, the typed queries run about
-# twice as fast and the table is ~8 % smaller — but a load rewrites its whole day (orchestration.clickhouse.load).
+# Partitioning (CLICKHOUSE_PARTITION, fixed when the table is created; day on one server, hour on a cluster).
+# "hour": a load swaps one partition. "day": ~30 partitions a month instead of ~720 — measured with
+# bench/partitions.py, the typed queries run about twice as fast and the table is ~8 % smaller — but a load
+# rewrites its whole day (orchestration.clickhouse.load).
 PARTITION_KEYS = {"hour": "event_hour", "day": "toYYYYMMDD(event_hour)"}
 
 
