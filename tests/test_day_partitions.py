@@ -8,6 +8,7 @@ partitions keeps them whatever the setting says.
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,15 @@ import pytest
 from enrichment.rules import enrich_hour, to_parquet_bytes
 from eventpipe_core.event_model import RAW_EVENT_SCHEMA
 from eventpipe_core.settings import SettingsError, load_settings
-from orchestration.clickhouse.load import append_hour, day_lock, hour_row_count, load_hour, load_hours
+from orchestration.clickhouse.load import (
+    DAY_LOCK_STALE_S,
+    append_hour,
+    day_lock,
+    hour_row_count,
+    load_hour,
+    load_hours,
+    log_day_rewrite,
+)
 from orchestration.clickhouse.schema import adapt_to_existing, ensure_schema
 from tests.chserver_support import ChServer
 from tests.orchestration_support import raw_row
@@ -174,3 +183,12 @@ def test_partition_default_is_day_on_one_server_and_hour_on_a_cluster() -> None:
     assert load_settings(clickhouse_partition="hour").clickhouse_partition == "hour"
     assert load_settings(clickhouse_partition="").clickhouse_partition == "day"  # compose's ${CLICKHOUSE_PARTITION:-}
     assert load_settings(clickhouse_partition="", clickhouse_cluster="c1").clickhouse_partition == "hour"
+
+
+def test_a_slow_day_rewrite_warns_before_the_lock_goes_stale(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="orchestration.clickhouse.load"):
+        log_day_rewrite("20260301", 12_000, 0.4)
+        log_day_rewrite("20260302", 90_000_000, DAY_LOCK_STALE_S / 4)
+    quick, slow = caplog.records
+    assert quick.levelno == logging.INFO and "12000 rows rewritten" in quick.getMessage()
+    assert slow.levelno == logging.WARNING and "CLICKHOUSE_PARTITION=hour" in slow.getMessage()

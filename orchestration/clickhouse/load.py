@@ -171,6 +171,7 @@ def _swap_days(client, plan: SchemaPlan, staged: Sequence[tuple[datetime, int, s
             for sql in ddl:
                 client.command(sql)
             with day_lock(client, plan, day):
+                t0 = time.monotonic()
                 client.command(
                     f"INSERT INTO {day_table} ({cols}) SELECT {cols} FROM {plan.data_table}"
                     " WHERE toYYYYMMDD(event_hour) = {d:UInt32} AND toUInt32(event_hour) NOT IN {h:Array(UInt32)}",
@@ -178,12 +179,25 @@ def _swap_days(client, plan: SchemaPlan, staged: Sequence[tuple[datetime, int, s
                 for _, rows, local_table in items:
                     if rows:
                         client.command(f"ALTER TABLE {day_table} ATTACH PARTITION ID '{day}' FROM {local_table}")
-                if int(client.command(f"SELECT count() FROM {day_table}")):
+                day_rows = int(client.command(f"SELECT count() FROM {day_table}"))
+                if day_rows:
                     swap_hour(client, plan, day, day_table)
                 else:
                     client.command(f"ALTER TABLE {plan.data_table} DROP PARTITION ID '{day}'")
+                log_day_rewrite(day, day_rows, time.monotonic() - t0)
         finally:
             drop_staging(client, plan, day_table)
+
+
+def log_day_rewrite(day: str, rows: int, seconds: float) -> None:
+    """Every load of a day rewrites it: say what that costs, and warn well before it nears the lock's stale age
+    (past it another writer would take the lock over) — the volume at which hour partitions are needed."""
+    if seconds > DAY_LOCK_STALE_S / 5:
+        log.warning("day %s: rewriting its %d rows took %.0fs (each hour load rewrites its day); near %.0fs another"
+                    " writer takes the day's lock over: at this volume create analytics.events with"
+                    " CLICKHOUSE_PARTITION=hour (README, Day partitions)", day, rows, seconds, DAY_LOCK_STALE_S)
+    else:
+        log.info("day %s: %d rows rewritten in %.2fs", day, rows, seconds)
 
 
 @contextmanager
