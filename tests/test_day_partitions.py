@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -157,6 +158,26 @@ def test_day_lock_excludes_and_a_stale_lock_is_taken_over(chserver: ChServer, da
         pass
     client.command(f"CREATE TABLE {name}.events__lock_20260303 (held UInt8) ENGINE = Memory")  # a crashed writer's
     with day_lock(client, plan, "20260303", timeout_s=5, stale_s=-1):
+        pass
+    # a crashed writer of this version: its tag is in the lock, but no query of it runs
+    client.command(f"CREATE TABLE {name}.events__lock_20260304 (holder String) ENGINE = Memory")
+    client.command(f"INSERT INTO {name}.events__lock_20260304 VALUES ('eventpipe-day-lock-20260304-dead')")
+    with day_lock(client, plan, "20260304", timeout_s=5, stale_s=-1):
+        pass
+
+
+def test_a_long_running_holder_keeps_its_lock_past_the_stale_age(chserver: ChServer, database) -> None:  # noqa: ANN001
+    name, client = database
+    plan = ensure_schema(client, _settings(chserver, name, "day"))
+    with day_lock(client, plan, "20260305") as run:
+        long = threading.Thread(target=run, args=("SELECT sleepEachRow(0.1) FROM numbers(25) FORMAT Null",))
+        long.start()  # a rewrite's statement, 2.5 s
+        time.sleep(0.5)
+        with pytest.raises(TimeoutError, match="still locked"):  # old by stale_s=-1, but its holder is at work
+            with day_lock(_client(chserver), plan, "20260305", timeout_s=1.0, stale_s=-1):
+                pass
+        long.join()
+    with day_lock(_client(chserver), plan, "20260305", timeout_s=1.0):  # released
         pass
 
 

@@ -35,9 +35,10 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import pandas as pd
 
@@ -53,8 +54,8 @@ from orchestration.clickhouse.schema import (
 log = logging.getLogger(__name__)
 DAY_LOCK_TIMEOUT_S = 600.0  # how long a day load waits for another writer of the same day
 APPEND_LOCK_TIMEOUT_S = 30.0  # a live append waits less (a sensor tick; the next tick retries)
-# A lock older than this is a crashed (killed) writer's and is taken over: a day rewrite at the volumes day
-# partitions are for takes seconds; a writer that fails or is interrupted drops its lock itself.
+# A lock older than this with none of its holder's statements running is a crashed (killed) writer's and is
+# taken over (day_lock); a writer that fails or is interrupted drops its lock itself.
 DAY_LOCK_STALE_S = 300.0
 
 
@@ -170,16 +171,15 @@ def _swap_days(client, plan: SchemaPlan, staged: Sequence[tuple[datetime, int, s
         try:
             for sql in ddl:
                 client.command(sql)
-            with day_lock(client, plan, day):
+            with day_lock(client, plan, day) as run:  # run: the holder's statements, visible as alive
                 t0 = time.monotonic()
-                client.command(
-                    f"INSERT INTO {day_table} ({cols}) SELECT {cols} FROM {plan.data_table}"
+                run(f"INSERT INTO {day_table} ({cols}) SELECT {cols} FROM {plan.data_table}"
                     " WHERE toYYYYMMDD(event_hour) = {d:UInt32} AND toUInt32(event_hour) NOT IN {h:Array(UInt32)}",
-                    parameters={"d": int(day), "h": [int(h.astimezone(UTC).timestamp()) for h, _, _ in items]})
+                    {"d": int(day), "h": [int(h.astimezone(UTC).timestamp()) for h, _, _ in items]})
                 for _, rows, local_table in items:
                     if rows:
-                        client.command(f"ALTER TABLE {day_table} ATTACH PARTITION ID '{day}' FROM {local_table}")
-                day_rows = int(client.command(f"SELECT count() FROM {day_table}"))
+                        run(f"ALTER TABLE {day_table} ATTACH PARTITION ID '{day}' FROM {local_table}")
+                day_rows = int(run(f"SELECT count() FROM {day_table}"))
                 if day_rows:
                     swap_hour(client, plan, day, day_table)
                 else:
@@ -190,32 +190,37 @@ def _swap_days(client, plan: SchemaPlan, staged: Sequence[tuple[datetime, int, s
 
 
 def log_day_rewrite(day: str, rows: int, seconds: float) -> None:
-    """Every load of a day rewrites it: say what that costs, and warn well before it nears the lock's stale age
-    (past it another writer would take the lock over) — the volume at which hour partitions are needed."""
+    """Every load of a day rewrites it: say what that costs, and warn when it takes over a minute — every
+    writer of the day waits that long for the lock: the volume at which hour partitions are needed."""
     if seconds > DAY_LOCK_STALE_S / 5:
-        log.warning("day %s: rewriting its %d rows took %.0fs (each hour load rewrites its day); near %.0fs another"
-                    " writer takes the day's lock over: at this volume create analytics.events with"
-                    " CLICKHOUSE_PARTITION=hour (README, Day partitions)", day, rows, seconds, DAY_LOCK_STALE_S)
+        log.warning("day %s: rewriting its %d rows took %.0fs (each hour load rewrites its day, and the day's other"
+                    " writers wait for it): at this volume create analytics.events with CLICKHOUSE_PARTITION=hour"
+                    " (README, Day partitions)", day, rows, seconds)
     else:
         log.info("day %s: %d rows rewritten in %.2fs", day, rows, seconds)
 
 
 @contextmanager
 def day_lock(client, plan: SchemaPlan, day: str, *, timeout_s: float | None = None,  # noqa: ANN001
-             stale_s: float | None = None) -> Iterator[None]:
+             stale_s: float | None = None) -> Iterator[Callable[..., Any]]:
     """Hold the write lock of one day partition (``YYYYMMDD``) of ``events``: an empty table named
     ``events__lock_<day>`` whose CREATE succeeds for one writer only (DDL is atomic on the server, so the lock
-    works across processes and hosts). Waits up to ``timeout_s`` (TimeoutError after); a lock older than
-    ``stale_s`` is a crashed writer's and is taken over (two writers finding the same stale lock at once could
-    both take it: the stale age is far above any day rewrite)."""
+    works across processes and hosts). Waits up to ``timeout_s`` (TimeoutError after).
+
+    Yields ``run(sql, parameters=None)``: the holder's statements run through it carry the tag the lock table
+    holds (a leading SQL comment: chserver assigns its own query ids), so a waiter sees the holder alive in
+    ``system.processes`` however long its rewrite takes. A lock older than ``stale_s`` with no query of its
+    tag running is a crashed writer's and is taken over (two writers finding the same stale lock at once
+    could both take it)."""
     timeout_s = DAY_LOCK_TIMEOUT_S if timeout_s is None else timeout_s
     stale_s = DAY_LOCK_STALE_S if stale_s is None else stale_s
     name = f"{LOCK_PREFIX}{day}"
     table = f"{quote(plan.database)}.{quote(name)}"
+    tag = f"eventpipe-day-lock-{day}-{uuid.uuid4().hex}"
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            client.command(f"CREATE TABLE {table} (held UInt8) ENGINE = Memory")
+            client.command(f"CREATE TABLE {table} (holder String) ENGINE = Memory")
             break
         except Exception as exc:  # clickhouse_connect's DatabaseError: TABLE_ALREADY_EXISTS while held
             if "already exists" not in str(exc).lower():
@@ -223,17 +228,35 @@ def day_lock(client, plan: SchemaPlan, day: str, *, timeout_s: float | None = No
         age = client.command(
             "SELECT dateDiff('second', metadata_modification_time, now()) FROM system.tables"
             " WHERE database = {db:String} AND name = {t:String}", parameters={"db": plan.database, "t": name})
-        if str(age).strip() not in ("", "[]") and float(age) > stale_s:
+        if str(age).strip() not in ("", "[]") and float(age) > stale_s and not _holder_running(client, table):
             log.warning("day %s: taking over a lock held for %ss (a crashed writer)", day, age)
             client.command(f"DROP TABLE IF EXISTS {table}")
             continue
         if time.monotonic() > deadline:
             raise TimeoutError(f"day {day} of {plan.data_table}: still locked by another writer after {timeout_s:.0f}s")
         time.sleep(0.05)
+    def run(sql: str, parameters: dict[str, Any] | None = None) -> Any:
+        return client.command(f"/* {tag} */ {sql}", parameters=parameters)
+
     try:
-        yield
+        run(f"INSERT INTO {table} SELECT {{tag:String}}", {"tag": tag})
+        yield run
     finally:
         client.command(f"DROP TABLE IF EXISTS {table}")
+
+
+def _holder_running(client, table: str) -> bool:  # noqa: ANN001
+    """Whether a query of the lock's holder (its tag in the query's text) runs on the server now. A lock table
+    without a tag (an earlier version's, or a writer killed right after creating it) has no live holder."""
+    try:
+        tag = str(client.command(f"SELECT any(holder) FROM {table}") or "").strip()
+    except Exception:  # noqa: BLE001 - gone meanwhile, or an earlier version's lock without the column
+        return False
+    if not tag.startswith("eventpipe-day-lock-"):
+        return False
+    running = client.command("SELECT count() FROM system.processes WHERE position(query, {tag:String}) > 0"
+                             " AND query_id != queryID()", parameters={"tag": tag})  # not this query itself
+    return int(running) > 0
 
 
 def swap_hour(client, plan: SchemaPlan, pid: str, local_table: str) -> None:  # noqa: ANN001
