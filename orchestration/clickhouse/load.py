@@ -57,6 +57,7 @@ APPEND_LOCK_TIMEOUT_S = 30.0  # a live append waits less (a sensor tick; the nex
 # A lock older than this with none of its holder's statements running is a crashed (killed) writer's and is
 # taken over (day_lock); a writer that fails or is interrupted drops its lock itself.
 DAY_LOCK_STALE_S = 300.0
+SLOW_DAY_REWRITE_S = 60.0  # a day rewrite this long is logged as a warning: the day's other writers wait for it
 
 
 def partition_id(hour_start: datetime, partition: str = "hour") -> str:
@@ -124,8 +125,8 @@ def append_hour(client, plan: SchemaPlan, hour_start: datetime, parquet: bytes, 
         record_listings(client, plan, [insert_table], [hour_start])
         attach = f"ALTER TABLE {plan.data_table}{plan.on_cluster} ATTACH PARTITION ID '{pid}' FROM {local_table}"
         if plan.partition == "day":  # a day rewrite running meanwhile would drop the attached parts
-            with day_lock(client, plan, pid, timeout_s=APPEND_LOCK_TIMEOUT_S):
-                client.command(attach)
+            with day_lock(client, plan, pid, timeout_s=APPEND_LOCK_TIMEOUT_S) as run:
+                run(attach)
         else:
             client.command(attach)
         record_listings(client, plan, [insert_table], [hour_start])
@@ -192,7 +193,7 @@ def _swap_days(client, plan: SchemaPlan, staged: Sequence[tuple[datetime, int, s
 def log_day_rewrite(day: str, rows: int, seconds: float) -> None:
     """Every load of a day rewrites it: say what that costs, and warn when it takes over a minute — every
     writer of the day waits that long for the lock: the volume at which hour partitions are needed."""
-    if seconds > DAY_LOCK_STALE_S / 5:
+    if seconds > SLOW_DAY_REWRITE_S:
         log.warning("day %s: rewriting its %d rows took %.0fs (each hour load rewrites its day, and the day's other"
                     " writers wait for it): at this volume create analytics.events with CLICKHOUSE_PARTITION=hour"
                     " (README, Day partitions)", day, rows, seconds)
@@ -235,6 +236,7 @@ def day_lock(client, plan: SchemaPlan, day: str, *, timeout_s: float | None = No
         if time.monotonic() > deadline:
             raise TimeoutError(f"day {day} of {plan.data_table}: still locked by another writer after {timeout_s:.0f}s")
         time.sleep(0.05)
+
     def run(sql: str, parameters: dict[str, Any] | None = None) -> Any:
         return client.command(f"/* {tag} */ {sql}", parameters=parameters)
 
